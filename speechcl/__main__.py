@@ -1,0 +1,5 @@
+import sys
+
+from speechcl.cli import main
+
+sys.exit(main())
