@@ -1,0 +1,141 @@
+"""The ``synth`` and ``prepare`` verbs (argument parsing only; the work is in the library modules).
+
+Usage::
+
+    speechcl synth OUT [--minutes 60] [--speakers 40] [--dev-minutes 5] [--test-minutes 5]
+                       [--heldout-speakers 8] [--seed 0] [--train-split train-clean-100] [--workers N]
+    speechcl prepare librispeech ROOT OUT [--splits S ...] [--subset SPLIT:DURATION ...] [--seed 0]
+                                          [--verify] [--workers N]
+    speechcl prepare audio DIR OUT [--valid-percent 0.01] [--ext flac,wav] [--seed 42] [--verify]
+                                   [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Callable
+
+from speechcl.data.prepare import REPORT_NAME, PrepareResult, prepare_audio, prepare_librispeech
+from speechcl.data.subsets import parse_subset_spec
+from speechcl.data.synth import DEFAULT_TRAIN_SPLIT, SynthConfig, synthesize_corpus
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``synth`` and ``prepare {librispeech,audio}`` to the ``speechcl`` parser."""
+    synth = subparsers.add_parser(
+        "synth", help="synthesize a LibriSpeech-layout corpus with espeak-ng",
+        description="Write a synthetic corpus in LibriSpeech's layout: a training split and held-out-speaker "
+                    "dev-clean/test-clean splits, spoken by espeak-ng voices. Deterministic for a seed; "
+                    "an interrupted run resumes where it stopped.")
+    synth.add_argument("out", metavar="OUT", help="output directory")
+    synth.add_argument("--minutes", type=float, default=60.0, help="minutes of training audio (default 60)")
+    synth.add_argument("--speakers", type=int, default=40, help="training speakers (default 40)")
+    synth.add_argument("--dev-minutes", type=float, default=5.0, help="minutes in dev-clean (default 5; 0 skips)")
+    synth.add_argument("--test-minutes", type=float, default=5.0, help="minutes in test-clean (default 5; 0 skips)")
+    synth.add_argument("--heldout-speakers", type=int, default=8,
+                       help="speakers in each of dev-clean and test-clean, unseen in training (default 8)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--train-split", default=DEFAULT_TRAIN_SPLIT,
+                       help=f"name of the training split (default {DEFAULT_TRAIN_SPLIT})")
+    synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
+    synth.set_defaults(func=run_synth)
+
+    prepare = subparsers.add_parser("prepare", help="write manifests and labels for a corpus")
+    kinds = prepare.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
+
+    libri = kinds.add_parser(
+        "librispeech", help="LibriSpeech (or synthetic) tree -> <split>.tsv/.wrd/.ltr and dict.ltr.txt",
+        description="Prepare a LibriSpeech-layout tree. Bad files are skipped and listed in "
+                    f"OUT/{REPORT_NAME}; exits non-zero only when nothing usable remains.")
+    libri.add_argument("root", metavar="ROOT", help="directory holding the split directories")
+    libri.add_argument("out", metavar="OUT", help="output directory")
+    libri.add_argument("--splits", nargs="+", default=None, help="split names (default: every split under ROOT)")
+    libri.add_argument("--subset", action="append", default=[], metavar="SPLIT:DURATION",
+                       help="also write a seeded random labeled subset, e.g. train-clean-100:10m "
+                            "(-> train-clean-100-10m.tsv); repeatable")
+    libri.add_argument("--seed", type=int, default=0, help="seed of the random subsets (default 0)")
+    _add_check_options(libri)
+    libri.set_defaults(func=run_prepare_librispeech)
+
+    audio = kinds.add_parser(
+        "audio", help="any audio folder -> train.tsv/valid.tsv (unlabeled)",
+        description="Prepare unlabeled audio found recursively under DIR. Bad files are skipped and listed in "
+                    f"OUT/{REPORT_NAME}; exits non-zero only when nothing usable remains.")
+    audio.add_argument("directory", metavar="DIR", help="folder searched recursively for audio")
+    audio.add_argument("out", metavar="OUT", help="output directory")
+    audio.add_argument("--valid-percent", type=float, default=0.01,
+                       help="fraction of files held out for valid.tsv (default 0.01)")
+    audio.add_argument("--ext", default="flac,wav", help="comma-separated extensions (default flac,wav)")
+    audio.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
+    _add_check_options(audio)
+    audio.set_defaults(func=run_prepare_audio)
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verify", action="store_true",
+                        help="decode every file (catches corrupt data behind a valid header; slower)")
+    parser.add_argument("--workers", type=int, default=None, help="processes for --verify (default: all CPUs)")
+
+
+def _user_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report a ``ValueError`` (bad input: the message says what to do) as ``error: ...``, exit code 2."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_user_errors
+def run_synth(args: argparse.Namespace) -> int:
+    config = SynthConfig(minutes=args.minutes, speakers=args.speakers, dev_minutes=args.dev_minutes,
+                         test_minutes=args.test_minutes, heldout_speakers=args.heldout_speakers, seed=args.seed,
+                         train_split=args.train_split)
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rsynth: {done}/{total} chapters", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    interactive = sys.stderr.isatty()
+    summary = synthesize_corpus(args.out, config, workers=args.workers, progress=progress if interactive else None)
+    elapsed = time.perf_counter() - start
+    total = sum(summary.seconds.values())
+    for split, seconds in summary.seconds.items():
+        print(f"{split}: {summary.utterances[split]} utterances, {seconds / 60:.1f} min")
+    print(f"wrote {args.out} in {elapsed:.1f} s ({total / 60 / max(elapsed, 1e-9):.1f} min of audio per second"
+          + (f"; {summary.skipped_chapters} chapters were already done" if summary.skipped_chapters else "") + ")")
+    return 0
+
+
+@_user_errors
+def run_prepare_librispeech(args: argparse.Namespace) -> int:
+    subsets = [parse_subset_spec(s) for s in args.subset]
+    result = prepare_librispeech(args.root, args.out, splits=args.splits, subsets=subsets, seed=args.seed,
+                                 verify=args.verify, workers=args.workers, progress=sys.stderr.isatty())
+    return _summarise(result, args.out)
+
+
+@_user_errors
+def run_prepare_audio(args: argparse.Namespace) -> int:
+    result = prepare_audio(args.directory, args.out, valid_percent=args.valid_percent, extensions=args.ext.split(","),
+                           seed=args.seed, verify=args.verify, workers=args.workers, progress=sys.stderr.isatty())
+    return _summarise(result, args.out)
+
+
+def _summarise(result: PrepareResult, out: str) -> int:
+    for name, count in result.items.items():
+        print(f"{name}: {count} items")
+    notes = [r for r in result.report if r.action != "skipped"]
+    print(f"{len(result.skipped())} skipped, {len(notes)} converted/noted; report: {out}/{REPORT_NAME}")
+    if result.usable == 0:
+        print(f"error: nothing usable was found; see {out}/{REPORT_NAME}", file=sys.stderr)
+        return 1
+    return 0

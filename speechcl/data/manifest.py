@@ -1,0 +1,78 @@
+"""Manifests: fairseq's ``.tsv`` list of audio files with their lengths.
+
+Format: the first line is the root directory; every other line is ``relative/path<TAB>num_samples``,
+where ``num_samples`` is the length at 16 kHz after mixdown and resampling (what
+:func:`speechcl.audio.load_audio` returns), e.g.::
+
+    /data/LibriSpeech
+    train-clean-100/103/1240/103-1240-0000.flac\t225360
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from speechcl.data.files import write_lines
+
+
+@dataclass
+class Manifest:
+    """An ordered list of audio files under a root directory.
+
+    Attributes:
+        root: directory the paths are relative to.
+        paths: relative paths, one per item.
+        sizes: length of each item in samples at 16 kHz.
+    """
+
+    root: str
+    paths: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.sizes):
+            raise ValueError(f"manifest has {len(self.paths)} paths but {len(self.sizes)} sizes")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def full_path(self, index: int) -> str:
+        """Absolute (or root-joined) path of item ``index``."""
+        return os.path.join(self.root, self.paths[index])
+
+    def subset(self, indices: Sequence[int]) -> Manifest:
+        """The items at ``indices``, in that order."""
+        return Manifest(self.root, [self.paths[i] for i in indices], [self.sizes[i] for i in indices])
+
+    def total_samples(self) -> int:
+        return int(sum(self.sizes))
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Parse a manifest file; raises ``ValueError`` naming the file and line when malformed."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty manifest; its first line must be the root directory")
+    manifest = Manifest(lines[0].strip())
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[1].strip().isdigit():
+            raise ValueError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
+        manifest.paths.append(parts[0])
+        manifest.sizes.append(int(parts[1]))
+    return manifest
+
+
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
+    """Atomically write ``manifest`` to ``path``."""
+    for rel in manifest.paths:
+        if "\t" in rel or "\n" in rel:
+            raise ValueError(f"cannot write {rel!r} to a manifest: paths must not contain tabs or newlines")
+    write_lines(path, [manifest.root, *(f"{p}\t{n}" for p, n in zip(manifest.paths, manifest.sizes))])

@@ -1,0 +1,132 @@
+"""Training checkpoints: ``<exp>/checkpoints/<tag>/`` with ``config.json``, ``model.safetensors`` and
+``trainer_state.pt`` (optimizer, scheduler, scaler, sampler position, RNG states, step — plain tensors and
+numbers, loaded with ``weights_only=True``).
+
+Tags: ``last`` (every save), ``best`` (best validation score), ``step_<N>`` (every N updates, the newest
+``keep_last`` kept). A checkpoint directory is written beside its final place and swapped in with
+renames, so an interruption leaves either the old or the new checkpoint, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechcl.models.checkpoint import load_state_strict, save_checkpoint
+
+STATE_NAME = "trainer_state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_to_tuple(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_to_tuple(v) for v in value)
+    return value
+
+
+class CheckpointManager:
+    """Saves and finds training checkpoints under ``<exp_dir>/checkpoints``."""
+
+    def __init__(self, exp_dir: str | Path, keep_last: int = 2) -> None:
+        self.root = Path(exp_dir) / "checkpoints"
+        self.keep_last = keep_last
+
+    def path(self, tag: str) -> Path:
+        return self.root / tag
+
+    def _recover(self, tag: str) -> None:
+        """Finish a swap interrupted between its two renames."""
+        old = self.root / f".old-{tag}"
+        if old.exists():
+            if self.path(tag).exists():
+                shutil.rmtree(old)
+            else:
+                os.replace(old, self.path(tag))
+
+    def exists(self, tag: str) -> bool:
+        self._recover(tag)
+        return (self.path(tag) / STATE_NAME).exists()
+
+    def save(self, tag: str, model: nn.Module, state: dict[str, Any], extra_config: dict[str, Any] | None = None
+             ) -> Path:
+        """Write ``model`` and ``state`` as checkpoint ``tag`` (atomic directory swap)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{tag}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_checkpoint(model, tmp, extra=extra_config)
+        torch.save(state, tmp / STATE_NAME)
+        target, old = self.path(tag), self.root / f".old-{tag}"
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old.exists():
+            shutil.rmtree(old)
+        return target
+
+    def copy(self, src: str, dst: str) -> None:
+        """Make checkpoint ``dst`` a copy of ``src`` (e.g. ``best`` from ``last``), atomically."""
+        tmp = self.root / f".tmp-{dst}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(self.path(src), tmp)
+        target, old = self.path(dst), self.root / f".old-{dst}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` ``step_*`` checkpoints."""
+        steps = sorted((int(m.group(1)), p) for p in self.root.glob("step_*")
+                       if (m := re.fullmatch(r"step_(\d+)", p.name)))
+        for _, p in steps[: max(len(steps) - self.keep_last, 0)]:
+            shutil.rmtree(p)
+
+    def load(self, tag: str, model: nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """Load weights into ``model`` and return the trainer state of checkpoint ``tag``."""
+        from safetensors.torch import load_file
+
+        self._recover(tag)
+        directory = self.path(tag)
+        weights = directory / "model.safetensors"
+        state_path = directory / STATE_NAME
+        if not weights.exists() or not state_path.exists():
+            raise FileNotFoundError(f"checkpoint {directory} is incomplete (needs model.safetensors and {STATE_NAME})")
+        load_state_strict(model, load_file(str(weights), device=str(map_location)), str(weights))
+        try:
+            return torch.load(state_path, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - report which file and why
+            raise ValueError(f"cannot read {state_path}: {err}") from err

@@ -1,0 +1,148 @@
+"""wav2vec 2.0 pretraining: the task the training loop runs, and the end-to-end entry point."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from speechcl.data.dataset import AudioDataset
+from speechcl.data.loader import ResumableLoader, build_dataloader
+from speechcl.data.sampler import BucketBatchSampler
+from speechcl.models.config import Wav2Vec2Config
+from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
+from speechcl.objectives import wav2vec2_loss
+from speechcl.training.schedules import ScheduleConfig
+from speechcl.training.trainer import OptimConfig, TaskOutput, TrainerConfig, train
+
+
+@dataclass
+class LossConfig:
+    """Weights of the extra terms (fairseq ``loss_weights``: diversity 0.1, feature penalty 10)."""
+
+    diversity_weight: float = 0.1
+    feature_pen_weight: float = 10.0
+
+
+@dataclass
+class DataConfig:
+    """Where the manifests are and how batches are formed (fairseq ``task`` settings)."""
+
+    manifest_dir: str = ""
+    train_subset: str = "train"
+    valid_subset: str = "valid"  # "" disables validation
+    max_sample_size: int = 250_000  # crop (15.6 s)
+    min_sample_size: int = 32_000  # drop shorter (2 s)
+    max_tokens: int = 1_400_000  # samples per batch and rank (87.5 s)
+    max_batch_size: int = 0  # 0: unbounded
+    normalize: bool = False  # per-utterance zero mean / unit variance (True for LV-60 models)
+    pad: bool = False  # pad batches instead of cropping every item to the batch's shortest
+    num_workers: int = 2
+    seed: int = 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class PretrainTask:
+    """Contrastive pretraining for :class:`~speechcl.training.trainer.train`."""
+
+    def __init__(self, model_cfg: Wav2Vec2Config, loss_cfg: LossConfig, stuck_after: int = 1000) -> None:
+        self.model_cfg = model_cfg
+        self.loss_cfg = loss_cfg
+        self.stuck_after = stuck_after
+        self.chance_bits = math.log2(model_cfg.num_negatives + model_cfg.cross_sample_negatives + 1)
+        self.temperature = model_cfg.latent_temp[0]
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
+        padding = batch.get("padding_mask")
+        if padding is not None and not bool(padding.any()):
+            padding = None
+        out = model(batch["source"], padding, generator=generator)
+        loss = wav2vec2_loss(out, self.loss_cfg.diversity_weight, self.loss_cfg.feature_pen_weight)
+        stats = {
+            "loss_sum": float(loss.loss.detach()), "contrastive_sum": float(loss.contrastive.detach()),
+            "sample_size": float(loss.sample_size), "correct": float(loss.correct), "count": float(loss.count),
+            "code_ppl_sum": loss.code_perplexity, "prob_ppl_sum": loss.prob_perplexity,
+            "features_pen_sum": float(loss.features_pen.detach()), "batches": 1.0,
+        }
+        return TaskOutput(loss=loss.loss, sample_size=loss.sample_size, stats=stats)
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums.get("sample_size", 0.0), 1.0)
+        batches = max(sums.get("batches", 0.0), 1.0)
+        return {
+            "loss": sums.get("contrastive_sum", 0.0) / n / math.log(2),  # bits per masked step
+            "total_loss": sums.get("loss_sum", 0.0) / n / math.log(2),
+            "accuracy": sums.get("correct", 0.0) / max(sums.get("count", 0.0), 1.0),
+            "code_perplexity": sums.get("code_ppl_sum", 0.0) / batches,
+            "prob_perplexity": sums.get("prob_ppl_sum", 0.0) / batches,
+            "features_pen": sums.get("features_pen_sum", 0.0) / batches,
+            "temperature": self.temperature,
+            "masked_steps": n,
+        }
+
+    def valid_score(self, summary: dict[str, float]) -> float:
+        return summary["loss"]
+
+    def on_update(self, model: nn.Module, num_updates: int) -> None:
+        module = _unwrap(model)
+        module.set_num_updates(num_updates)
+        self.temperature = module.quantizer.temperature
+
+    def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
+        warnings = []
+        if num_updates >= self.stuck_after and summary["loss"] > 0.97 * self.chance_bits:
+            warnings.append(
+                f"contrastive loss {summary['loss']:.3f} bits is still at chance ({self.chance_bits:.3f}) after "
+                f"{num_updates} updates: lower optim.lr, raise data.max_tokens or trainer.update_freq"
+            )
+        collapse = max(2.0 * self.model_cfg.latent_groups, 0.02 * self.model_cfg.latent_groups * self.model_cfg.latent_vars)
+        if num_updates >= 50 and summary["code_perplexity"] < collapse:
+            warnings.append(
+                f"codebook collapse: code perplexity {summary['code_perplexity']:.1f} of "
+                f"{self.model_cfg.latent_groups * self.model_cfg.latent_vars} entries; check the diversity "
+                "weight (loss.diversity_weight) and the Gumbel temperature"
+            )
+        return warnings
+
+
+def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: Any = None,
+                 shuffle: bool = True) -> ResumableLoader:
+    """A resumable loader over ``<manifest_dir>/<subset>.tsv`` (pretraining: no labels, crops)."""
+    manifest = Path(data.manifest_dir) / f"{subset}.tsv"
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"manifest {manifest} not found: run `speechcl prepare` first or set data.manifest_dir / "
+            f"data.{'train' if train_split else 'valid'}_subset"
+        )
+    dataset = AudioDataset.from_files(
+        manifest, max_sample_size=data.max_sample_size, min_sample_size=data.min_sample_size, pad=data.pad,
+        normalize=data.normalize, random_crop=train_split, seed=data.seed,
+    )
+    if len(dataset) == 0:
+        raise ValueError(f"{manifest}: no utterance is at least data.min_sample_size={data.min_sample_size} samples")
+    sampler = BucketBatchSampler(dataset.sizes, data.max_tokens, data.max_batch_size or None,
+                                 shuffle=shuffle and train_split, seed=data.seed)
+    return build_dataloader(dataset, sampler, num_workers=data.num_workers)
+
+
+def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimConfig, schedule: ScheduleConfig,
+                    trainer: TrainerConfig, loss: LossConfig, exp_dir: str | Path,
+                    run_config: dict[str, Any] | None = None, init_from: str | None = None) -> dict[str, Any]:
+    """Pretrain a :class:`Wav2Vec2ForPretraining` on ``data`` into ``exp_dir`` (resumes automatically)."""
+    if not data.manifest_dir:
+        raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv manifests")
+    torch.manual_seed(trainer.seed)
+    model = Wav2Vec2ForPretraining(model_cfg)
+    if model_cfg.feature_grad_mult == 0:
+        model.encoder.feature_extractor.requires_grad_(False)
+    train_loader = build_loader(data, data.train_subset, True)
+    valid_loader = build_loader(data, data.valid_subset, False) if data.valid_subset else None
+    task = PretrainTask(model_cfg, loss)
+    return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config)

@@ -1,0 +1,78 @@
+import math
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from speechcl.audio import AudioError, audio_info, load_audio, resample, resampled_length, write_audio
+
+
+def _tone(sr: int, seconds: float, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t)
+    return np.stack([wave * (c + 1) / channels for c in range(channels)], axis=1).astype(np.float32)
+
+
+def test_load_16k_mono_is_exact(tmp_path):
+    data = _tone(16000, 0.5)[:, 0]
+    sf.write(tmp_path / "a.flac", data, 16000, subtype="PCM_16")
+    wave, info = load_audio(tmp_path / "a.flac")
+    assert wave.dtype == torch.float32 and wave.shape == (8000,)
+    assert info.sample_rate == 16000 and info.num_channels == 1 and info.num_frames == 8000
+    np.testing.assert_allclose(wave.numpy(), sf.read(tmp_path / "a.flac", dtype="float32")[0])
+
+
+def test_stereo_44k_is_mixed_down_and_resampled(tmp_path):
+    data = _tone(44100, 1.3, channels=2)
+    sf.write(tmp_path / "s.wav", data, 44100)
+    info = audio_info(tmp_path / "s.wav")
+    assert (info.sample_rate, info.num_channels, info.num_frames) == (44100, 2, data.shape[0])
+    wave, _ = load_audio(tmp_path / "s.wav")
+    assert wave.numel() == info.num_samples(16000) == math.ceil(data.shape[0] * 16000 / 44100)
+    expected = AF.resample(torch.from_numpy(data.mean(axis=1)), 44100, 16000)
+    torch.testing.assert_close(wave, expected, atol=1e-4, rtol=0)
+
+
+def test_keep_native_rate(tmp_path):
+    sf.write(tmp_path / "n.wav", _tone(8000, 0.25), 8000)
+    wave, info = load_audio(tmp_path / "n.wav", target_sr=None)
+    assert wave.numel() == 2000 and info.sample_rate == 8000
+
+
+@pytest.mark.parametrize("n", [1, 2, 441, 12345, 22050])
+def test_resampled_length_matches_torchaudio(n):
+    for orig in (8000, 22050, 44100, 48000):
+        assert resample(torch.zeros(n), orig, 16000).shape[-1] == resampled_length(n, orig, 16000)
+
+
+def test_bad_files_raise_naming_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(os.urandom(4000))
+    empty = tmp_path / "empty.flac"
+    empty.write_bytes(b"")
+    zero = tmp_path / "zero.wav"
+    sf.write(zero, np.zeros(0, dtype=np.float32), 16000)
+    sf.write(tmp_path / "full.flac", _tone(16000, 2.0)[:, 0], 16000)
+    data = (tmp_path / "full.flac").read_bytes()
+    truncated = tmp_path / "truncated.flac"
+    truncated.write_bytes(data[: len(data) // 3])
+    for path, words in ((corrupt, "cannot read"), (empty, "empty"), (zero, "no samples"),
+                        (truncated, "cannot decode"), (tmp_path / "missing.wav", "cannot read")):
+        with pytest.raises(AudioError, match=words) as err:
+            load_audio(path)
+        assert str(path) in str(err.value)
+        assert isinstance(err.value, ValueError)
+
+
+def test_write_audio_roundtrip_and_atomic(tmp_path):
+    wave = torch.from_numpy(_tone(16000, 0.2)[:, 0])
+    write_audio(tmp_path / "w.flac", wave, 16000)
+    assert sorted(os.listdir(tmp_path)) == ["w.flac"]  # no temporary file left behind
+    back, info = load_audio(tmp_path / "w.flac")
+    assert info.format == "FLAC"
+    torch.testing.assert_close(back, wave, atol=1 / 32768, rtol=0)
+    with pytest.raises(ValueError, match="mono"):
+        write_audio(tmp_path / "x.flac", torch.zeros(2, 10), 16000)
