@@ -17,6 +17,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES: tuple[str, ...] = (
     "speechcl.data.commands",
     "speechcl.training.commands",
+    "speechcl.asr.commands",
 )
 
 

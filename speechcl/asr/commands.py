@@ -1,0 +1,243 @@
+"""The ``evaluate``, ``transcribe``, ``align`` and ``lm`` verbs (argument parsing; the work is in the library).
+
+Usage::
+
+    speechcl evaluate --model CKPT --manifest DIR/dev-clean.tsv [DIR/test-clean.tsv ...]
+                      [--labels FILE.wrd ...] [--dict DIR/dict.ltr.txt] [--output eval]
+                      [--beam N] [--lm LM.arpa|LM.bin] [--lexicon FILE] [--lm-weight 2] [--word-score 0]
+                      [--batch-size 8] [--max-tokens SAMPLES] [--device cpu|cuda]
+    speechcl transcribe --model CKPT AUDIO [AUDIO ...] [--chunk-seconds 30] [--overlap-seconds 2]
+                        [decoder options as for evaluate]
+    speechcl align --model CKPT AUDIO TRANSCRIPT [--format tsv|json] [--output FILE]
+    speechcl lm build --text DIR/train.wrd --out lm.arpa [--order 3] [--lexicon-out lexicon.txt]
+                      [--dict DIR/dict.ltr.txt]
+
+``TRANSCRIPT`` of ``align`` is a text file or, when no such file exists, the transcript itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``evaluate``, ``transcribe``, ``align`` and ``lm build`` to the ``speechcl`` parser."""
+    ev = subparsers.add_parser(
+        "evaluate", help="decode manifests with a CTC model and report WER/CER",
+        description="Decode each manifest (greedy by default; beam search with --beam, an n-gram LM with "
+                    "--lm), score it against its .wrd transcripts and write hyp/ref/result files per split "
+                    "plus summary.json into --output. An interrupted run resumes.")
+    _add_model_options(ev)
+    ev.add_argument("--manifest", nargs="+", required=True, metavar="TSV", help="manifests to decode (one per split)")
+    ev.add_argument("--labels", nargs="+", default=None, metavar="WRD",
+                    help="reference transcripts, one per manifest (default: the .wrd next to each manifest)")
+    ev.add_argument("--output", default="eval", metavar="DIR", help="output directory (default ./eval)")
+    ev.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default 8)")
+    ev.add_argument("--max-tokens", type=int, default=None, metavar="SAMPLES",
+                    help="at most this many padded samples per batch (default: no limit)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_decoder_options(ev)
+    ev.set_defaults(func=run_evaluate)
+
+    tr = subparsers.add_parser(
+        "transcribe", help="print the transcript of audio files",
+        description="Transcribe audio files of any sample rate and channel count (mixed down, resampled to "
+                    "16 kHz); long files are decoded in overlapping windows. Prints 'PATH<TAB>TEXT' per file.")
+    _add_model_options(tr)
+    tr.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files")
+    tr.add_argument("--chunk-seconds", type=float, default=30.0, help="window length for long files (default 30)")
+    tr.add_argument("--overlap-seconds", type=float, default=2.0, help="overlap between windows (default 2)")
+    _add_decoder_options(tr)
+    tr.set_defaults(func=run_transcribe)
+
+    al = subparsers.add_parser(
+        "align", help="word start/end times of a known transcript",
+        description="Force-align a transcript to an audio file with a CTC model; prints (or writes) "
+                    "'word<TAB>start<TAB>end<TAB>score' with times in seconds.")
+    _add_model_options(al)
+    al.add_argument("audio", metavar="AUDIO", help="audio file")
+    al.add_argument("transcript", metavar="TRANSCRIPT", help="a text file with the transcript, or the text itself")
+    al.add_argument("--format", choices=("tsv", "json"), default="tsv", help="output format (default tsv)")
+    al.add_argument("--output", default=None, metavar="FILE", help="write here (atomically) instead of stdout")
+    al.add_argument("--chunk-seconds", type=float, default=30.0, help="window length for long files (default 30)")
+    al.add_argument("--overlap-seconds", type=float, default=2.0, help="overlap between windows (default 2)")
+    al.set_defaults(func=run_align)
+
+    lm = subparsers.add_parser("lm", help="word n-gram language models for beam search")
+    lm_verbs = lm.add_subparsers(dest="lm_verb", metavar="ACTION", required=True)
+    build = lm_verbs.add_parser(
+        "build", help="estimate an ARPA n-gram LM (interpolated Kneser-Ney) from transcripts",
+        description="Estimate an interpolated Kneser-Ney word n-gram model from transcripts (one sentence "
+                    "per line, e.g. train.wrd) and write it as ARPA (loadable by KenLM / flashlight); "
+                    "optionally write the lexicon of its words for beam search.")
+    build.add_argument("--text", required=True, metavar="WRD", help="training transcripts")
+    build.add_argument("--out", required=True, metavar="ARPA", help="output ARPA file")
+    build.add_argument("--order", type=int, default=3, help="n-gram order, 1-6 (default 3)")
+    build.add_argument("--lexicon-out", default=None, metavar="FILE", help="also write a lexicon of the LM's words")
+    build.add_argument("--dict", default=None, metavar="DICT",
+                       help="dict.ltr.txt: leave out lexicon words spelled with letters outside it")
+    build.set_defaults(func=run_lm_build)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="CKPT",
+                        help="fine-tuned CTC model: speechcl checkpoint or transformers directory, or fairseq .pt")
+    parser.add_argument("--dict", default=None, metavar="DICT",
+                        help="dict.ltr.txt when the checkpoint carries no labels (evaluate: default is the "
+                             "one next to the first manifest)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda when available)")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                        help="normalise each utterance to zero mean/unit variance (default: as the checkpoint says)")
+
+
+def _add_decoder_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (greedy unless --beam, --lm or --lexicon is given)")
+    group.add_argument("--beam", type=int, default=0, metavar="N", help="beam size (default 0 = greedy; 50 with --lm)")
+    group.add_argument("--lm", default=None, metavar="LM", help="KenLM word n-gram model (ARPA or binary)")
+    group.add_argument("--lexicon", default=None, metavar="FILE",
+                       help="'WORD L E T T E R S |' per line (default with an ARPA --lm: its words)")
+    group.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default 2)")
+    group.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
+
+
+def _recognizer(args: argparse.Namespace, dict_path: str | None):
+    from speechcl.api import load_model
+    from speechcl.asr.recognizer import Recognizer, checkpoint_normalize, resolve_dictionary
+    from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
+
+    if args.dict is not None and not Path(args.dict).is_file():
+        raise FileNotFoundError(f"--dict {args.dict} not found")
+    model = load_model(args.model, map_location=args.device)
+    if not isinstance(model, Wav2Vec2ForCTC):
+        raise ValueError(f"{args.model} holds a {type(model).__name__}, not a CTC model: fine-tune it first")
+    dictionary = resolve_dictionary(args.model, dict_path, model.vocab_size)
+    normalize = checkpoint_normalize(args.model) if args.normalize is None else args.normalize
+    return Recognizer(model, dictionary, normalize)
+
+
+def _decoder(args: argparse.Namespace, dictionary):
+    from speechcl.asr.decode import build_decoder
+
+    return build_decoder(dictionary, args.beam, lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight,
+                         word_score=args.word_score)
+
+
+def _decoder_settings(args: argparse.Namespace) -> dict[str, Any]:
+    greedy = not (args.beam or args.lm or args.lexicon)
+    settings: dict[str, Any] = {"decoder": "greedy" if greedy else "beam"}
+    if not greedy:
+        settings.update(beam=args.beam or 50, lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight,
+                        word_score=args.word_score)
+    return settings
+
+
+def _fail(err: Exception) -> int:
+    print(f"speechcl: error: {err}", file=sys.stderr)
+    return 2
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from speechcl.asr.evaluate import default_references, evaluate_split, read_references
+    from speechcl.data.manifest import read_manifest
+    from speechcl.utils.io import atomic_write_json
+
+    manifests = [Path(m) for m in args.manifest]
+    if args.labels is not None and len(args.labels) != len(manifests):
+        return _fail(ValueError(f"{len(args.labels)} --labels files for {len(manifests)} manifests; give one per manifest"))
+    labels = [Path(p) for p in args.labels] if args.labels else [default_references(m) for m in manifests]
+    splits = [m.stem for m in manifests]
+    if len(set(splits)) != len(splits):
+        return _fail(ValueError(f"manifest names {splits} repeat; output files are named after them"))
+    try:
+        dict_path = args.dict or str(manifests[0].parent / "dict.ltr.txt")
+        recognizer = _recognizer(args, dict_path)
+        decoder = _decoder(args, recognizer.dictionary)
+        settings = {"model": str(Path(args.model).resolve()), **_decoder_settings(args),
+                    "normalize": recognizer.normalize}
+        results = []
+        for manifest_path, label_path, split in zip(manifests, labels, splits):
+            manifest = read_manifest(manifest_path)
+            references = read_references(label_path)
+            result = evaluate_split(recognizer, decoder, manifest, references, args.output, split, settings,
+                                    args.batch_size, args.max_tokens, progress=not args.quiet)
+            results.append(result)
+            print(f"{split}\tWER {100 * result.score.wer:.2f}\tCER {100 * result.score.cer:.2f}\t"
+                  f"({result.score.utterances} utterances, {result.score.words.reference_length} words)")
+    except (OSError, ValueError, RuntimeError) as err:
+        return _fail(err)
+    summary_path = Path(args.output) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update({r.split: r.to_dict() for r in results})
+    atomic_write_json(summary_path, summary)
+    return 0
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    from speechcl.asr.transcribe import transcribe_files
+
+    try:
+        recognizer = _recognizer(args, args.dict)
+        decoder = _decoder(args, recognizer.dictionary)
+    except (OSError, ValueError, RuntimeError) as err:
+        return _fail(err)
+    status = 0
+    for path in args.audio:  # one at a time so that output appears as files finish; a bad file is skipped
+        try:
+            (item,) = transcribe_files(recognizer, decoder, [path], args.chunk_seconds, args.overlap_seconds)
+        except (OSError, ValueError) as err:
+            status = _fail(err)
+            continue
+        print(f"{item.path}\t{item.text}", flush=True)
+    return status
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from speechcl.asr.align import align_words
+    from speechcl.asr.transcribe import chunked_logits
+    from speechcl.audio.io import load_audio
+    from speechcl.data.files import atomic_open
+
+    transcript = args.transcript
+    if Path(transcript).is_file():
+        transcript = Path(transcript).read_text(encoding="utf-8")
+    try:
+        recognizer = _recognizer(args, args.dict)
+        wave, _ = load_audio(args.audio)
+        logits = chunked_logits(recognizer, wave, args.chunk_seconds, args.overlap_seconds)
+        timings = align_words(torch.log_softmax(logits, dim=-1), transcript, recognizer.dictionary,
+                              recognizer.frame_seconds)
+    except (OSError, ValueError, RuntimeError) as err:
+        return _fail(err)
+    if args.format == "json":
+        text = json.dumps([t.__dict__ for t in timings], indent=2) + "\n"
+    else:
+        text = "".join(f"{t.word}\t{t.start:.3f}\t{t.end:.3f}\t{t.score:.4f}\n" for t in timings)
+    if args.output:
+        with atomic_open(args.output) as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def run_lm_build(args: argparse.Namespace) -> int:
+    from speechcl.asr.lm import build_lm
+    from speechcl.data.labels import Dictionary
+
+    try:
+        symbols = Dictionary.load(args.dict).symbols if args.dict else None
+        lm, lexicon_words = build_lm(args.text, args.out, args.order, args.lexicon_out, symbols)
+    except (OSError, ValueError) as err:
+        return _fail(err)
+    counts = ", ".join(f"{n + 1}-grams {len(t)}" for n, t in enumerate(lm.logprobs))
+    print(f"wrote {args.out}: order {lm.order}, {counts}")
+    if args.lexicon_out:
+        print(f"wrote {args.lexicon_out}: {lexicon_words} words")
+    return 0

@@ -1,0 +1,162 @@
+"""Decoding a manifest and scoring it: the library side of ``speechcl evaluate``.
+
+For a split ``NAME`` (the manifest's file stem) :func:`evaluate_split` writes into the output
+directory, each file atomically:
+
+- ``hyp.NAME.txt`` / ``ref.NAME.txt``: one transcript per manifest line, in manifest order;
+- ``result.NAME.json``: WER, CER, their counts, the decoding settings and the timing.
+
+Utterances are decoded longest first in padded batches (``batch_size`` items and at most
+``max_tokens`` padded samples each); models with a group-norm feature encoder, whose outputs change
+with padding, are run one utterance at a time. Audio shorter than one frame decodes to an empty
+hypothesis. Finished batches are appended to
+``.hyp.NAME.partial.jsonl``, so an interrupted run resumes where it stopped (when the model, manifest
+and decoding settings are the same) and the file is removed once the results are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from speechcl.asr.decode import Decoder
+from speechcl.asr.recognizer import Recognizer
+from speechcl.asr.score import Score, score
+from speechcl.audio.io import SAMPLE_RATE, load_audio
+from speechcl.data.files import write_lines
+from speechcl.data.labels import normalize_transcript, read_lines
+from speechcl.data.manifest import Manifest
+from speechcl.utils.io import atomic_write_json
+
+
+def make_batches(sizes: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches, longest items first (so padding stays small).
+
+    Args:
+        sizes: item lengths in samples.
+        batch_size: at most this many items per batch.
+        max_tokens: at most this many samples per batch counting padding (``len(batch) * longest``);
+            an item longer than it gets a batch of its own.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = sizes[current[0]] if current else sizes[i]
+        if current and (len(current) >= batch_size
+                        or (max_tokens is not None and (len(current) + 1) * longest > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class SplitResult:
+    """What :func:`evaluate_split` measured."""
+
+    split: str
+    score: Score
+    hypotheses: list[str]
+    references: list[str]
+    audio_seconds: float
+    decode_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, **self.score.to_dict(), "audio_seconds": round(self.audio_seconds, 3),
+                "decode_seconds": round(self.decode_seconds, 3)}
+
+
+def _partial_records(path: Path, fingerprint: str) -> dict[int, str]:
+    if not path.is_file():
+        return {}
+    done: dict[int, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    if not lines or lines[0] != json.dumps({"fingerprint": fingerprint}):
+        return {}  # another model or other settings: start over
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+            done[int(record["index"])] = str(record["text"])
+        except (ValueError, KeyError, TypeError):
+            break  # a torn last line from an interrupted write
+    return done
+
+
+def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest, references: Sequence[str],
+                   out_dir: str | os.PathLike, split: str, settings: dict[str, Any], batch_size: int = 8,
+                   max_tokens: int | None = None, progress: bool = True) -> SplitResult:
+    """Decode every item of ``manifest``, score against ``references`` and write the split's files.
+
+    Args:
+        settings: what identifies the run (model path, decoder options); stored in the result and used
+            to decide whether a partial run can be resumed.
+    """
+    if len(references) != len(manifest):
+        raise ValueError(f"{len(references)} reference transcripts for {len(manifest)} manifest items in "
+                         f"split {split!r}: labels and manifest must be aligned line by line")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = hashlib.sha256(json.dumps(
+        {"settings": settings, "root": manifest.root, "paths": manifest.paths}, sort_keys=True, default=str,
+    ).encode()).hexdigest()
+    partial = out / f".hyp.{split}.partial.jsonl"
+    done = _partial_records(partial, fingerprint)
+    if not done:
+        partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+    per_batch = batch_size if recognizer.pads_exactly else 1
+    todo = [i for i in range(len(manifest)) if i not in done]
+    batches = make_batches([manifest.sizes[i] for i in todo], per_batch, max_tokens)
+    start = time.perf_counter()
+    with open(partial, "a", encoding="utf-8") as log, tqdm(
+        total=len(manifest), initial=len(done), desc=f"decode {split}", unit="utt", disable=not progress,
+    ) as bar:
+        for batch in batches:
+            items = [todo[j] for j in batch]
+            waves = [load_audio(manifest.full_path(i))[0] for i in items]
+            texts = [""] * len(items)  # audio shorter than one frame (25 ms) decodes to nothing
+            usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
+            if usable:
+                logits, lengths = recognizer.forward([waves[k] for k in usable])
+                for k, text in zip(usable, decoder(logits, lengths)):
+                    texts[k] = text
+            for i, text in zip(items, texts):
+                done[i] = text
+                log.write(json.dumps({"index": i, "text": text}) + "\n")
+            log.flush()
+            bar.update(len(items))
+    elapsed = time.perf_counter() - start
+    hyps = [done[i] for i in range(len(manifest))]
+    refs = [normalize_transcript(r) for r in references]
+    result = SplitResult(split, score(refs, hyps), hyps, refs, manifest.total_samples() / SAMPLE_RATE, elapsed)
+    write_lines(out / f"hyp.{split}.txt", hyps)
+    write_lines(out / f"ref.{split}.txt", refs)
+    atomic_write_json(out / f"result.{split}.json", {**result.to_dict(), "settings": settings})
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def default_references(manifest_path: str | os.PathLike) -> Path:
+    """The ``.wrd`` file next to a manifest: ``DIR/dev-clean.tsv`` -> ``DIR/dev-clean.wrd``."""
+    return Path(manifest_path).with_suffix(".wrd")
+
+
+def read_references(path: str | os.PathLike) -> list[str]:
+    """Reference transcripts, one per line; a missing file raises with what to pass instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference transcripts {path} not found: pass --labels FILE.wrd")
+    return read_lines(path)

@@ -1,0 +1,188 @@
+"""A CTC model with its dictionary and input convention: waveforms in, frame logits out.
+
+Where the dictionary comes from (first that applies):
+
+1. the checkpoint: a speechcl ``config.json`` with ``labels`` (all ``vocab_size`` symbols in index
+   order, blank first), or a transformers directory's ``vocab.json``;
+2. a ``dict.ltr.txt`` passed by the caller (``--dict``), or the one next to the manifest.
+
+Either way the result is a :class:`speechcl.data.labels.Dictionary`: index 0 blank, 1 ``<pad>``,
+2 ``</s>``, 3 ``<unk>``, then the symbols of ``dict.ltr.txt`` in file order; its size must equal the
+model's output size. Whether inputs are normalised per utterance (zero mean, unit variance, as the
+LV-60 models expect) comes from ``normalize`` in the checkpoint's ``config.json`` (transformers:
+``do_normalize`` in ``preprocessor_config.json``) unless the caller says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from speechcl.audio.io import SAMPLE_RATE
+from speechcl.data.labels import SPECIAL_SYMBOLS, Dictionary
+from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
+
+
+def labels_to_dictionary(labels: Sequence[str], source: str) -> Dictionary:
+    """A :class:`Dictionary` from a full label list (specials at 0-3, then the symbols).
+
+    The four specials may be named as in speechcl (``<blank> <pad> </s> <unk>``), fairseq
+    (``<s> <pad> </s> <unk>``) or transformers (``<pad> <s> </s> <unk>``): only their positions matter.
+    """
+    labels = list(labels)
+    specials = labels[: len(SPECIAL_SYMBOLS)]
+    if len(labels) <= len(SPECIAL_SYMBOLS) or not all(s.startswith("<") and s.endswith(">") for s in specials):
+        raise ValueError(
+            f"{source}: labels must start with the four special symbols (blank, pad, eos, unk) followed by the "
+            f"letters, got {labels[:8]}"
+        )
+    return Dictionary(labels[len(SPECIAL_SYMBOLS):])
+
+
+def checkpoint_dictionary(path: str | os.PathLike) -> Dictionary | None:
+    """The dictionary a checkpoint carries (speechcl ``labels`` or transformers ``vocab.json``), if any."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    config = path / "config.json"
+    if config.is_file():
+        meta = json.loads(config.read_text())
+        if meta.get("format") == "speechcl" and meta.get("labels"):
+            return labels_to_dictionary(meta["labels"], str(config))
+    vocab = path / "vocab.json"
+    if vocab.is_file():
+        table = json.loads(vocab.read_text())
+        if isinstance(table, dict) and table and all(isinstance(v, int) for v in table.values()):
+            ordered = sorted(table, key=table.__getitem__)
+            if [table[s] for s in ordered] == list(range(len(ordered))):
+                return labels_to_dictionary(ordered, str(vocab))
+    return None
+
+
+def checkpoint_normalize(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint expects per-utterance normalised input (False when it does not say)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    config = path / "config.json"
+    if config.is_file():
+        meta = json.loads(config.read_text())
+        if meta.get("format") == "speechcl":
+            return bool(meta.get("normalize", False))
+    pre = path / "preprocessor_config.json"
+    if pre.is_file():
+        return bool(json.loads(pre.read_text()).get("do_normalize", False))
+    return False
+
+
+def resolve_dictionary(model_path: str | os.PathLike, dict_path: str | os.PathLike | None,
+                       vocab_size: int) -> Dictionary:
+    """The checkpoint's dictionary, else ``dict_path``; checks it against the model's ``vocab_size``.
+
+    Raises:
+        ValueError: neither source exists, both exist and disagree, or the size does not match.
+    """
+    dictionary = checkpoint_dictionary(model_path)
+    if dict_path is not None and Path(dict_path).is_file():
+        given = Dictionary.load(dict_path)
+        if dictionary is not None and given.symbols != dictionary.symbols:
+            raise ValueError(
+                f"{dict_path} does not match the labels stored with {model_path} "
+                f"({given.symbols[4:12]}... vs {dictionary.symbols[4:12]}...); drop --dict to use the checkpoint's"
+            )
+        dictionary = dictionary or given
+    if dictionary is None:
+        where = f" and {dict_path} does not exist" if dict_path is not None else ""
+        raise ValueError(
+            f"{model_path} carries no labels{where}: pass --dict DIR/dict.ltr.txt (the fine-tuning dictionary)"
+        )
+    if len(dictionary) != vocab_size:
+        raise ValueError(
+            f"the dictionary has {len(dictionary)} symbols (4 specials + {len(dictionary) - 4} from "
+            f"dict.ltr.txt) but the model outputs {vocab_size}; use the dictionary the model was fine-tuned with"
+        )
+    return dictionary
+
+
+@dataclass
+class Recognizer:
+    """A CTC model ready for inference.
+
+    Attributes:
+        model: the model (kept in eval mode).
+        dictionary: its output units.
+        normalize: normalise each waveform to zero mean and unit variance before the model.
+    """
+
+    model: Wav2Vec2ForCTC
+    dictionary: Dictionary
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, Wav2Vec2ForCTC):
+            raise ValueError(f"expected a CTC model (Wav2Vec2ForCTC), got {type(self.model).__name__}; "
+                             "pretrained checkpoints must be fine-tuned before decoding")
+        self.model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pads_exactly(self) -> bool:
+        """True when padding a batch leaves each row's logits unchanged (layer-norm feature encoder).
+
+        Group-norm encoders normalise over time, padding included, so their rows are run one by one.
+        """
+        return self.model.cfg.extractor_mode == "layer_norm"
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds between frames (the product of the conv strides at 16 kHz; 0.02 for wav2vec 2.0)."""
+        return self.hop / SAMPLE_RATE
+
+    @property
+    def hop(self) -> int:
+        hop = 1
+        for _, _, stride in self.model.cfg.conv_layers:
+            hop *= stride
+        return hop
+
+    def num_frames(self, num_samples: int) -> int:
+        """Output frames for ``num_samples`` at 16 kHz."""
+        return int(self.model.encoder.output_lengths(torch.tensor([num_samples]))[0])
+
+    @torch.inference_mode()
+    def forward(self, waves: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits ``[B, T, V]`` (float32, on CPU) and frames ``[B]`` for 1-D 16 kHz waveforms ``[S_i]``.
+
+        The batch is zero-padded to its longest item with a padding mask.
+        """
+        if not waves:
+            raise ValueError("forward needs at least one waveform")
+        rows = []
+        for wave in waves:
+            if wave.dim() != 1:
+                raise ValueError(f"expected 1-D waveforms [samples], got shape {tuple(wave.shape)}")
+            wave = wave.float()
+            if self.normalize:
+                wave = F.layer_norm(wave, wave.shape)
+            rows.append(wave)
+        longest = max(w.shape[0] for w in rows)
+        if self.num_frames(longest) < 1:
+            raise ValueError(f"audio of {longest} samples is shorter than one frame of the model")
+        batch = torch.zeros(len(rows), longest)
+        pad = torch.ones(len(rows), longest, dtype=torch.bool)
+        for i, wave in enumerate(rows):
+            batch[i, : wave.shape[0]] = wave
+            pad[i, : wave.shape[0]] = False
+        device = self.device
+        logits, lengths = self.model(batch.to(device), pad.to(device) if bool(pad.any()) else None)
+        return logits.float().cpu(), lengths.cpu()

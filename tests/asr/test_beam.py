@@ -1,0 +1,90 @@
+"""Beam search through torchaudio's ctc_decoder, with and without an n-gram LM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechcl.asr.decode import BeamSearchDecoder, GreedyDecoder, build_decoder
+from speechcl.asr.lm import build_lm
+from speechcl.data.labels import Dictionary
+
+pytest.importorskip("flashlight.lib.text.decoder")
+
+D = Dictionary(list("|ETAHCSUNR"))
+
+
+def spoken(text: str, ambiguous: dict[int, dict[str, float]] | None = None) -> torch.Tensor:
+    """Log-posteriors ``[1, T, V]`` of a clear CTC rendering of ``text`` (letter, blank per symbol,
+    a trailing ``|``); ``ambiguous`` replaces the distribution at the frame of the n-th symbol."""
+    symbols = list(text.replace(" ", "|")) + ["|"]
+    rows: list[dict[int, float]] = []
+    previous = None
+    for n, s in enumerate(symbols):
+        if s == previous:
+            rows.append({0: 0.98})
+        dist = {D.index(k): p for k, p in ambiguous[n].items()} if ambiguous and n in ambiguous else {D.index(s): 0.9}
+        rows.append({**dist, 0: 1.0 - sum(dist.values())})
+        rows.append({0: 0.9})
+        previous = s
+    probs = torch.full((1, len(rows), len(D)), 1e-4)
+    for t, row in enumerate(rows):
+        for k, p in row.items():
+            probs[0, t, k] = p
+    return probs.log()
+
+
+@pytest.fixture(scope="module")
+def lm_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    text = root / "train.wrd"
+    text.write_text("THE CAT SAT\nTHE CAT RAN\nA CUT\nTHE CAT\nA CUT RAN\n" * 3)
+    build_lm(text, root / "lm.arpa", order=3, lexicon_out=root / "lexicon.txt", symbols=D.symbols)
+    return root / "lm.arpa", root / "lexicon.txt"
+
+
+def test_beam_without_lm_matches_greedy_on_clear_input():
+    logits = spoken("THE CAT SAT")
+    assert GreedyDecoder(D)(logits) == ["THE CAT SAT"]
+    assert BeamSearchDecoder(D, beam_size=8)(logits) == ["THE CAT SAT"]
+
+
+def test_lm_fixes_an_acoustically_ambiguous_word(lm_files):
+    arpa, lexicon = lm_files
+    # the vowel of CAT (symbol 5 of "THE|CAT|SAT|") sounds slightly more like U
+    logits = spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}})
+    assert GreedyDecoder(D)(logits) == ["THE CUT SAT"]
+    assert BeamSearchDecoder(D, beam_size=16)(logits) == ["THE CUT SAT"]
+    with_lm = BeamSearchDecoder(D, beam_size=16, lm=arpa, lexicon=lexicon, lm_weight=1.0)
+    assert with_lm(logits) == ["THE CAT SAT"]
+    # without --lexicon the ARPA file's own words serve as the lexicon
+    assert build_decoder(D, lm=arpa, lm_weight=1.0)(logits) == ["THE CAT SAT"]
+
+
+def test_beam_decodes_batches_with_lengths(lm_files):
+    arpa, _ = lm_files
+    a, b = spoken("THE CAT"), spoken("A CUT RAN")
+    logits = torch.full((2, b.shape[1], len(D)), -10.0)
+    logits[0, : a.shape[1]] = a[0]
+    logits[1] = b[0]
+    decoder = BeamSearchDecoder(D, beam_size=8, lm=arpa, lm_weight=0.5)
+    assert decoder(logits, torch.tensor([a.shape[1], b.shape[1]])) == ["THE CAT", "A CUT RAN"]
+
+
+def test_beam_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        BeamSearchDecoder(D, lm=tmp_path / "missing.arpa")
+    binary = tmp_path / "lm.bin"
+    binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\0")
+    with pytest.raises(ValueError, match="--lexicon"):
+        BeamSearchDecoder(D, lm=binary)
+    with pytest.raises(ValueError, match="word boundary"):
+        BeamSearchDecoder(Dictionary(list("AB")))
+
+
+def test_lexicon_entries_outside_the_dictionary_are_dropped(lm_files, tmp_path):
+    arpa, lexicon = lm_files
+    extended = tmp_path / "lexicon.txt"
+    extended.write_text(lexicon.read_text() + "ZOO Z O O |\n")
+    decoder = BeamSearchDecoder(D, beam_size=16, lm=arpa, lexicon=extended, lm_weight=1.0)
+    assert decoder(spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}})) == ["THE CAT SAT"]
