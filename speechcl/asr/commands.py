@@ -45,6 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_decoder_options(ev)
     ev.set_defaults(func=run_evaluate)
 
+    rp = subparsers.add_parser(
+        "report", help="results table (markdown) from fine-tuning experiments",
+        description="One row per fine-tuning exp_dir: pretraining minutes (wall time of the run model.init "
+                    "came from; 0 from scratch), labeled minutes, and WER/CER per split from "
+                    "<exp_dir>/decode/summary.json (written by `speechcl evaluate --output <exp_dir>/decode`).")
+    rp.add_argument("experiments", nargs="+", metavar="EXP_DIR", help="fine-tuning experiment folders")
+    rp.add_argument("--names", nargs="+", default=None, help="system names (default: folder names)")
+    rp.add_argument("--output", default=None, help="also write the table to this file (atomically)")
+    rp.set_defaults(func=run_report)
+
     tr = subparsers.add_parser(
         "transcribe", help="print the transcript of audio files",
         description="Transcribe audio files of any sample rate and channel count (mixed down, resampled to "
@@ -176,6 +186,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.update({r.split: r.to_dict() for r in results})
     atomic_write_json(summary_path, summary)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from speechcl.asr.report import collect_row, markdown_table
+    from speechcl.utils.io import atomic_write_text
+
+    names = args.names or [None] * len(args.experiments)
+    if len(names) != len(args.experiments):
+        return _fail(ValueError(f"{len(names)} --names for {len(args.experiments)} experiments"))
+    try:
+        rows = [collect_row(exp, system=name) for exp, name in zip(args.experiments, names)]
+    except (OSError, ValueError, KeyError) as err:
+        return _fail(err)
+    table = markdown_table(rows)
+    print(table, end="")
+    if args.output:
+        atomic_write_text(args.output, table)
     return 0
 
 

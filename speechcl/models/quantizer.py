@@ -21,9 +21,11 @@ def perplexity(probs: Tensor) -> Tensor:
     """Sum over groups of ``exp(entropy)`` of the average distribution.
 
     ``probs [N, G, V]`` → scalar; ``G·V`` when every entry is used equally, ``G`` at full collapse.
+    ``log(p + 1e-7)`` as fairseq: ``xlogy`` would be exact but its gradient is ``-inf`` where an average
+    probability underflows to 0, which turns the whole update into NaN.
     """
     avg = probs.float().mean(0)
-    return torch.exp(-torch.sum(torch.xlogy(avg, avg), dim=-1)).sum()
+    return torch.exp(-torch.sum(avg * torch.log(avg + 1e-7), dim=-1)).sum()
 
 
 @dataclass

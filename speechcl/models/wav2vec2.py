@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -107,7 +108,7 @@ class Wav2Vec2Encoder(nn.Module):
             with torch.no_grad():
                 feats = self.feature_extractor(wav)
         features_pen = feats.float().pow(2).mean()
-        feats = self.layer_norm(feats.transpose(1, 2))  # [B, T, C]
+        feats = self.layer_norm(feats)  # [B, T, C]
         b, t, _ = feats.shape
         frame_pad = self.frame_padding_mask(padding_mask, t)
         unmasked = self.dropout_features(feats)
@@ -239,10 +240,16 @@ class Wav2Vec2ForCTC(nn.Module):
     def extract_features(self, wav: Tensor, padding_mask: Tensor | None = None) -> FeaturesOutput:
         return self.encoder.extract_features(wav, padding_mask)
 
-    def forward(self, wav: Tensor, padding_mask: Tensor | None = None, *, generator: torch.Generator | None = None
-                ) -> tuple[Tensor, Tensor]:
-        """Logits ``[B, T, vocab]`` and valid frames ``[B]``; time/channel masking in training mode."""
-        enc = self.encoder(wav, padding_mask, mask=self.training, channel_mask=self.training, generator=generator)
+    def forward(self, wav: Tensor, padding_mask: Tensor | None = None, *, generator: torch.Generator | None = None,
+                freeze_encoder: bool = False) -> tuple[Tensor, Tensor]:
+        """Logits ``[B, T, vocab]`` and valid frames ``[B]``; time/channel masking in training mode.
+
+        ``freeze_encoder`` runs the encoder without gradients (fairseq's ``freeze_finetune_updates``: only
+        the head trains).
+        """
+        with torch.no_grad() if freeze_encoder else contextlib.nullcontext():
+            enc = self.encoder(wav, padding_mask, mask=self.training, channel_mask=self.training,
+                               generator=generator)
         logits = self.head(self.final_dropout(enc.x))
         t = logits.shape[1]
         if enc.padding_mask is None:

@@ -64,13 +64,16 @@ class CheckpointManager:
         return self.root / tag
 
     def _recover(self, tag: str) -> None:
-        """Finish a swap interrupted between its two renames."""
+        """Finish a swap interrupted between its two renames; drop temporaries of killed saves."""
         old = self.root / f".old-{tag}"
         if old.exists():
             if self.path(tag).exists():
                 shutil.rmtree(old)
             else:
                 os.replace(old, self.path(tag))
+        for tmp in self.root.glob(f".tmp-{tag}-*"):
+            if tmp.name != f".tmp-{tag}-{os.getpid()}":
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def exists(self, tag: str) -> bool:
         self._recover(tag)
@@ -80,6 +83,7 @@ class CheckpointManager:
              ) -> Path:
         """Write ``model`` and ``state`` as checkpoint ``tag`` (atomic directory swap)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._recover(tag)  # never delete a lone .old-<tag> below: it may be the only complete copy
         tmp = self.root / f".tmp-{tag}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -97,6 +101,7 @@ class CheckpointManager:
 
     def copy(self, src: str, dst: str) -> None:
         """Make checkpoint ``dst`` a copy of ``src`` (e.g. ``best`` from ``last``), atomically."""
+        self._recover(dst)  # a leftover .old-<dst> would make the first rename below fail
         tmp = self.root / f".tmp-{dst}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,15 +22,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     p.set_defaults(func=run_pretrain, accepts_overrides=True)
 
+    f = sub.add_parser(
+        "finetune", help="CTC fine-tuning (Hydra key=value overrides on conf/finetune.yaml)",
+        description="Fine-tune with CTC using conf/<config-name>.yaml (finetune_base_10m, finetune_base_1h, "
+                    "finetune_base_10h, finetune_base_100h, finetune_cpu) and key=value overrides, e.g. "
+                    "`speechcl finetune --config-name finetune_base_10m data.manifest_dir=data "
+                    "model.init=exp/pretrain/checkpoints/best exp_dir=exp/ft_10m`. model.init='' trains from "
+                    "scratch. Rerunning with the same exp_dir resumes.",
+    )
+    f.add_argument("--config-name", default="finetune", help="top-level config in conf/")
+    f.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    f.set_defaults(func=run_finetune, accepts_overrides=True)
 
-def run_pretrain(args: argparse.Namespace) -> int:
+
+def _compose(args: argparse.Namespace) -> tuple[object, dict] | int:
     from omegaconf import OmegaConf
 
-    from speechcl.models.config import Wav2Vec2Config
-    from speechcl.training.pretrain import DataConfig, LossConfig, run_pretraining
-    from speechcl.training.schedules import ScheduleConfig
-    from speechcl.training.trainer import OptimConfig, TrainerConfig
-    from speechcl.utils.config import compose, to_dataclass, to_plain
+    from speechcl.utils.config import compose, to_plain
 
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
@@ -37,28 +46,85 @@ def run_pretrain(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = compose(args.config_name, args.overrides)
-        if args.print_config:
-            print(OmegaConf.to_yaml(cfg))
-            return 0
-        plain = to_plain(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    return cfg, to_plain(cfg)
+
+
+def _save_config(cfg: object, exp_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from speechcl.training.finetune import FinetuneDataConfig, FinetuneModelConfig, run_finetuning
+    from speechcl.training.schedules import ScheduleConfig
+    from speechcl.training.trainer import OptimConfig, TrainerConfig
+    from speechcl.utils.config import to_dataclass
+
+    composed = _compose(args)
+    if isinstance(composed, int):
+        return composed
+    cfg, plain = composed
+    try:
+        model_cfg = to_dataclass(FinetuneModelConfig, plain["model"], "model")
+        data = to_dataclass(FinetuneDataConfig, plain["data"], "data")
+        optim = to_dataclass(OptimConfig, plain["optim"], "optim")
+        schedule = to_dataclass(ScheduleConfig, plain["schedule"], "schedule")
+        trainer = to_dataclass(TrainerConfig, plain["trainer"], "trainer")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if model_cfg.layerdrop > 0 or model_cfg.freeze_finetune_updates > 0:
+        trainer.find_unused_parameters = True
+    exp_dir = Path(plain["exp_dir"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _save_config(cfg, exp_dir)
+    try:
+        result = run_finetuning(model_cfg, data, optim, schedule, trainer, exp_dir, run_config=plain)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        valid = result.get("valid") or {}
+        extra = f"; valid WER {valid['wer']:.4f} CER {valid['cer']:.4f}" if "wer" in valid else ""
+        print(f"done: {result['num_updates']} updates{extra}; checkpoints in {exp_dir / 'checkpoints'}")
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from speechcl.models.config import Wav2Vec2Config
+    from speechcl.training.pretrain import DataConfig, LossConfig, run_pretraining
+    from speechcl.training.schedules import ScheduleConfig
+    from speechcl.training.trainer import OptimConfig, TrainerConfig
+    from speechcl.utils.config import to_dataclass
+
+    composed = _compose(args)
+    if isinstance(composed, int):
+        return composed
+    cfg, plain = composed
+    try:
         model_cfg = to_dataclass(Wav2Vec2Config, plain["model"], "model")
         data = to_dataclass(DataConfig, plain["data"], "data")
         optim = to_dataclass(OptimConfig, plain["optim"], "optim")
         schedule = to_dataclass(ScheduleConfig, plain["schedule"], "schedule")
         trainer = to_dataclass(TrainerConfig, plain["trainer"], "trainer")
         loss = to_dataclass(LossConfig, plain["loss"], "loss")
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if model_cfg.layerdrop > 0:
         trainer.find_unused_parameters = True
     exp_dir = Path(plain["exp_dir"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    _save_config(cfg, exp_dir)
     try:
         result = run_pretraining(model_cfg, data, optim, schedule, trainer, loss, exp_dir, run_config=plain)
     except (ValueError, FileNotFoundError) as err:

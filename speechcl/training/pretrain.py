@@ -16,8 +16,9 @@ from speechcl.data.sampler import BucketBatchSampler
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechcl.objectives import wav2vec2_loss
+from speechcl.training.distributed import init_distributed
 from speechcl.training.schedules import ScheduleConfig
-from speechcl.training.trainer import OptimConfig, TaskOutput, TrainerConfig, train
+from speechcl.training.trainer import OptimConfig, TaskOutput, TrainerConfig, resolve_device, train
 
 
 @dataclass
@@ -138,6 +139,7 @@ def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimCon
     """Pretrain a :class:`Wav2Vec2ForPretraining` on ``data`` into ``exp_dir`` (resumes automatically)."""
     if not data.manifest_dir:
         raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv manifests")
+    init_distributed(resolve_device(trainer.device))  # before the samplers: they shard by rank
     torch.manual_seed(trainer.seed)
     model = Wav2Vec2ForPretraining(model_cfg)
     if model_cfg.feature_grad_mult == 0:

@@ -32,7 +32,7 @@ class ScheduleConfig:
 
 def polynomial_lr(step: int, lr: float, total: int, warmup: int, end_lr: float = 0.0, power: float = 1.0) -> float:
     if warmup > 0 and step < warmup:
-        return lr * step / warmup
+        return lr * max(step, 1) / warmup  # as fairseq: the first update uses lr / warmup, not 0
     if step >= total:
         return end_lr
     remaining = 1.0 - (step - warmup) / max(total - warmup, 1)
@@ -56,7 +56,7 @@ def tri_stage_lr(step: int, lr: float, total: int, phase_ratio: tuple[float, flo
 
 
 def constant_lr(step: int, lr: float, warmup: int) -> float:
-    return lr * step / warmup if warmup > 0 and step < warmup else lr
+    return lr * max(step, 1) / warmup if warmup > 0 and step < warmup else lr
 
 
 def lr_at(cfg: ScheduleConfig, step: int, lr: float, total: int) -> float:

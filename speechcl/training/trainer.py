@@ -182,6 +182,7 @@ def train(
     optim_cfg: OptimConfig,
     schedule_cfg: ScheduleConfig,
     run_config: dict[str, Any] | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``task`` until ``cfg.max_update`` updates (resuming from ``<exp_dir>/checkpoints/last``).
 
@@ -192,6 +193,13 @@ def train(
     if cfg.threads > 0 and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     info = init_distributed(device)
+    sampler = train_loader.sampler
+    if (sampler.rank, sampler.world_size) != (info.rank, info.world_size):
+        raise ValueError(f"the training sampler was built for rank {sampler.rank} of {sampler.world_size} but this "
+                         f"process is rank {info.rank} of {info.world_size}: call init_distributed() before "
+                         "building the loaders")
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"trainer.precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError("trainer.precision=fp16 needs a GPU; use bf16 on CPU")
     if cfg.update_freq < 1:
@@ -205,6 +213,8 @@ def train(
     ckpt = CheckpointManager(exp_dir, keep_last=cfg.keep_last)
 
     num_updates, epoch, best, skipped = 0, 0, math.inf, 0
+    previous_seconds = 0.0  # training wall time of earlier (interrupted) runs
+    run_start = time.perf_counter()
     if ckpt.exists("last"):
         state = ckpt.load("last", model, map_location="cpu")
         model.to(device)
@@ -213,9 +223,13 @@ def train(
         scaler.load_state_dict(state["scaler"])
         train_loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
-        num_updates, epoch = int(state["num_updates"]), int(state["epoch"])
+        num_updates = int(state["num_updates"])
         best, skipped = float(state["best"]), int(state["nonfinite_skipped"])
-        if train_loader.state_dict()["position"] >= len(train_loader):  # saved on an epoch's last batch
+        previous_seconds = float(state.get("train_seconds", 0.0))
+        # continue the epoch the sampler was in (state["epoch"] is already past it when a run ended by
+        # max_epoch), or the next one when it was saved on that epoch's last batch
+        epoch = int(train_loader.state_dict()["epoch"])
+        if train_loader.state_dict()["position"] >= len(train_loader):
             epoch += 1
         if info.is_main:
             log.info("resumed from %s at update %d (epoch %d)", ckpt.path("last"), num_updates, epoch)
@@ -235,11 +249,15 @@ def train(
         if info.is_main:
             state = {
                 "num_updates": num_updates, "epoch": epoch, "best": best, "nonfinite_skipped": skipped,
+                "train_seconds": previous_seconds + time.perf_counter() - run_start,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "loader": train_loader.state_dict(), "rng": rng_state(),
                 "trainer": _plain(asdict(cfg)),
             }
-            ckpt.save("last", model, state, extra_config={"run": run_config} if run_config else None)
+            extra = dict(checkpoint_extra or {})
+            if run_config:
+                extra["run"] = run_config
+            ckpt.save("last", model, state, extra_config=extra or None)
             if tag_extra:
                 ckpt.copy("last", f"step_{num_updates:08d}")
                 ckpt.prune()
@@ -316,15 +334,15 @@ def train(
                 scaler.update()
                 consecutive_bad = 0
             optimizer.zero_grad(set_to_none=True)
-            if finite:
-                num_updates += 1
-                lr = scheduler.step()
-            else:
-                lr = scheduler.apply()
+            if not finite:  # no update happened: nothing to log (its stats may be NaN), validate or save
+                scheduler.apply()
+                continue
+            num_updates += 1
+            lr = scheduler.step()
             logger.progress(num_updates)
             # ---- logging, validation, checkpoints ----
             stats = _reduce_stats(stats, info, device)
-            _merge(window, stats | {"grad_norm_sum": grad_norm if math.isfinite(grad_norm) else 0.0, "updates": 1.0})
+            _merge(window, stats | {"grad_norm_sum": grad_norm, "updates": 1.0})
             if num_updates % cfg.log_interval == 0 or num_updates >= cfg.max_update:
                 elapsed = time.perf_counter() - window_start
                 summary = task.summarize(window)
@@ -353,13 +371,15 @@ def train(
         break
 
     last_valid = validate()
-    if last_valid is not None and last_valid["improved"] and info.is_main:
-        save(False)
-        ckpt.copy("last", "best")
+    if last_valid is not None and last_valid["improved"]:
+        save(False)  # on every rank: save() ends with a barrier
+        if info.is_main:
+            ckpt.copy("last", "best")
     elif not done:
         save(False)
     logger.close()
     result = {"num_updates": num_updates, "epoch": epoch, "nonfinite_skipped": skipped, "valid": last_valid,
+              "train_seconds": previous_seconds + time.perf_counter() - run_start,
               "best": best}
     if info.is_main:
         (exp_dir / "train_result.json").write_text(json.dumps(_plain(result), indent=2) + "\n")

@@ -33,7 +33,7 @@ def test_receptive_field_and_hop():
     enc = FeatureEncoder(preset("base").conv_layers)
     assert enc.receptive_field == 400
     assert enc.hop == 320
-    assert enc(torch.randn(1, 16000)).shape == (1, 512, 49)
+    assert enc(torch.randn(1, 16000)).shape == (1, 49, 512)
 
 
 def test_encoder_rejects_bad_input():

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The CPU demo: does wav2vec 2.0 pretraining help a speech recognizer with few labels?
+#
+# Usage: recipes/synthetic/run.sh [--setting quick|full|tiny] [--out DIR] [--stage N] [--stop-stage N]
+#
+#   --setting quick  (default) ~10 min on 2 CPU cores; the README's `make demo`
+#   --setting full   ~1.5 h on 2 CPU cores; more audio, longer pretraining and fine-tuning
+#   --setting tiny   a couple of minutes; what the end-to-end test runs (numbers are meaningless)
+#   --out DIR        experiment folder (default exp/synthetic-<setting>)
+#
+# Stages (each leaves DIR/.done/<stage> and is skipped on a rerun; delete the marker to redo it):
+#   0  synthesize a corpus: unlabeled training speech from many espeak-ng voices; dev/test by unseen voices
+#   1  prepare manifests, letter labels and a seeded labeled subset of the training split
+#   2  pretrain the `small` preset on all training audio (labels unused)
+#   3  fine-tune the pretrained encoder with CTC on the labeled subset
+#   4  train the same architecture from random initialisation on the same labels and budget (baseline)
+#   5  decode dev and test greedily with both systems
+#   6  print the results table and write it to DIR/results.md
+set -euo pipefail
+
+setting=quick
+out=""
+stage=0
+stop_stage=100
+speechcl=${SPEECHCL:-speechcl}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --setting) setting=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# Settings: corpus size, labeled minutes, pretraining and fine-tuning updates.
+case "$setting" in
+  tiny)  minutes=2;  speakers=8;  heldout=2; devtest=0.5; labeled=1m;  pt_updates=4;   ft_updates=4;   ft_freeze=2;   extra_pt="model=tiny data.max_sample_size=32000 data.max_tokens=128000 trainer.valid_interval=2 trainer.save_interval=2"; extra_ft="model.preset=tiny data.max_tokens=160000 trainer.valid_interval=2 trainer.save_interval=2" ;;
+  quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=240; ft_updates=150; ft_freeze=20;  extra_pt=""; extra_ft="" ;;
+  full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=2400; ft_updates=1200; ft_freeze=100; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200" ;;
+  *) echo "unknown setting $setting (quick, full or tiny)" >&2; exit 2 ;;
+esac
+out=${out:-exp/synthetic-$setting}
+corpus=$out/corpus
+data=$out/data
+mkdir -p "$out/.done"
+
+run_stage() {  # run_stage N NAME: true when stage N is selected and not done yet
+  local n=$1 name=$2
+  if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then return 1; fi
+  if [ -e "$out/.done/$n-$name" ]; then echo "stage $n ($name): done already"; return 1; fi
+  echo "=== stage $n: $name ($(date +%H:%M:%S))"
+  return 0
+}
+done_stage() { touch "$out/.done/$1-$2"; }
+
+if run_stage 0 synth; then
+  $speechcl synth "$corpus" --minutes "$minutes" --speakers "$speakers" --heldout-speakers "$heldout" \
+    --dev-minutes "$devtest" --test-minutes "$devtest" --seed 0
+  done_stage 0 synth
+fi
+
+if run_stage 1 prepare; then
+  $speechcl prepare librispeech "$corpus" "$data" --subset "train-clean-100:$labeled" --seed 0
+  done_stage 1 prepare
+fi
+
+if run_stage 2 pretrain; then
+  # shellcheck disable=SC2086
+  $speechcl pretrain --config-name pretrain_cpu data.manifest_dir="$data" data.train_subset=train-clean-100 \
+    data.valid_subset=dev-clean exp_dir="$out/pretrain" trainer.max_update="$pt_updates" $extra_pt
+  done_stage 2 pretrain
+fi
+
+if run_stage 3 finetune-pretrained; then
+  # shellcheck disable=SC2086
+  $speechcl finetune --config-name finetune_cpu data.manifest_dir="$data" \
+    data.train_subset="train-clean-100-$labeled" data.valid_subset=dev-clean \
+    model.init="$out/pretrain/checkpoints/best" model.freeze_finetune_updates="$ft_freeze" \
+    exp_dir="$out/finetune-pretrained" trainer.max_update="$ft_updates" $extra_ft
+  done_stage 3 finetune-pretrained
+fi
+
+if run_stage 4 finetune-scratch; then
+  # Same architecture, labels, updates and schedule; the random encoder trains from the first update,
+  # feature encoder included (freezing random weights would only handicap the baseline).
+  # shellcheck disable=SC2086
+  $speechcl finetune --config-name finetune_cpu data.manifest_dir="$data" \
+    data.train_subset="train-clean-100-$labeled" data.valid_subset=dev-clean \
+    model.init= model.preset=small model.freeze_finetune_updates=0 model.feature_grad_mult=1.0 \
+    exp_dir="$out/finetune-scratch" trainer.max_update="$ft_updates" $extra_ft
+  done_stage 4 finetune-scratch
+fi
+
+if run_stage 5 decode; then
+  for system in finetune-pretrained finetune-scratch; do
+    $speechcl evaluate --model "$out/$system/checkpoints/best" --quiet \
+      --manifest "$data/dev-clean.tsv" "$data/test-clean.tsv" --output "$out/$system/decode"
+  done
+  done_stage 5 decode
+fi
+
+if run_stage 6 report; then
+  $speechcl report "$out/finetune-pretrained" "$out/finetune-scratch" --names pretrained scratch \
+    --output "$out/results.md"
+  echo "(WER/CER in %; written to $out/results.md)"
+  done_stage 6 report
+fi

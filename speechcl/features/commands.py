@@ -1,0 +1,110 @@
+"""The ``extract`` verb.
+
+Usage::
+
+    speechcl extract --model PATH --input PATH --output DIR [--layers last|all|6|0,6,12]
+                     [--format npy|shards|hdf5] [--max-tokens 960000] [--chunk-seconds 60 --overlap-seconds 4]
+                     [--device auto|cpu|cuda|cuda:1] [--dtype float32|bfloat16] [--shard I/N]
+                     [--num-workers N] [--threads N] [--ext flac,wav] [--[no-]normalize] [--overwrite]
+
+Exit status: 0 when every input has its output, 1 when some inputs failed (listed in ``DIR/failed*.tsv``;
+rerun to retry them), 2 for bad arguments or an unusable model / input list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from speechcl.features.extract import FORMATS, extract_to_directory
+from speechcl.features.extractor import DEFAULT_MAX_TOKENS
+from speechcl.features.inputs import AUDIO_EXTENSIONS, parse_shard
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``extract`` to the ``speechcl`` parser."""
+    p = subparsers.add_parser(
+        "extract", help="write hidden-state features of audio files (resumable, batched, sharded)",
+        description="Extract wav2vec 2.0 hidden states for an audio file, a directory (recursively), a .tsv "
+                    "manifest or a Kaldi wav.scp. Outputs are written atomically and existing ones are "
+                    "skipped, so an interrupted run continues where it stopped. Group-norm models (BASE) "
+                    "are batched only with inputs of identical length, since padding changes their output.")
+    p.add_argument("--model", required=True, help="speechcl checkpoint dir, transformers dir or fairseq .pt")
+    p.add_argument("--input", required=True, help="audio file, directory, .tsv manifest or wav.scp")
+    p.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--layers", default="last",
+                   help="'last' (final output, default), 'all' (hidden states 0..L), an index or a list like "
+                        "0,6,12 (index 0 = input to the first transformer layer, i = output of layer i)")
+    p.add_argument("--format", choices=FORMATS, default="npy",
+                   help="npy: one <DIR>/<relative path>.npy per input (default); shards: large .npy shards + "
+                        "index.tsv; hdf5: one .h5 file (needs h5py)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"samples per padded batch (default {DEFAULT_MAX_TOKENS} = 60 s)")
+    p.add_argument("--chunk-seconds", type=float, default=60.0,
+                   help="cut longer audio into overlapping chunks of this length and stitch them (default 60; "
+                        "0 = never)")
+    p.add_argument("--overlap-seconds", type=float, default=4.0, help="overlap between chunks (default 4)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute type (bfloat16 via autocast); outputs are float32")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="process inputs I, I+N, ... (default: RANK/WORLD_SIZE from torchrun, else all)")
+    p.add_argument("--num-workers", type=int, default=None, help="audio-decoding processes (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: CPUs divided among the processes on this machine)")
+    p.add_argument("--ext", default=",".join(AUDIO_EXTENSIONS),
+                   help=f"extensions searched in directories (default {','.join(AUDIO_EXTENSIONS)})")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="zero-mean unit-variance per utterance, as models like LARGE LV-60 expect (default: what "
+                        "the checkpoint records, else off)")
+    p.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
+    p.add_argument("--shard-size-mb", type=float, default=1024.0, help="target shard size for --format shards")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; a bare ``cuda`` follows torchrun's ``LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return torch.device(name)
+
+
+def default_threads() -> int:
+    """CPUs available to this process, shared among torchrun's processes on this machine."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    try:
+        shard = parse_shard(args.shard)
+        device = resolve_device(args.device)
+        if args.max_tokens <= 0 or args.chunk_seconds < 0:
+            raise ValueError("--max-tokens must be positive and --chunk-seconds >= 0")
+        if device.type == "cpu":
+            torch.set_num_threads(args.threads or default_threads())
+        summary = extract_to_directory(
+            args.model, args.input, args.output, layers=args.layers, fmt=args.format,
+            max_tokens=args.max_tokens, chunk_seconds=args.chunk_seconds or None,
+            overlap_seconds=args.overlap_seconds, device=device,
+            dtype=torch.bfloat16 if args.dtype == "bfloat16" else torch.float32, shard=shard,
+            num_workers=args.num_workers, extensions=[e for e in args.ext.split(",") if e], normalize=args.normalize,
+            overwrite=args.overwrite, shard_bytes=int(args.shard_size_mb * (1 << 20)),
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"speechcl extract: error: {err}", file=sys.stderr)
+        return 2
+    for path, reason in summary.failed[:10]:
+        print(f"speechcl extract: skipped {path}: {reason}", file=sys.stderr)
+    if len(summary.failed) > 10:
+        print(f"speechcl extract: ... and {len(summary.failed) - 10} more (see {args.output}/failed*.tsv)",
+              file=sys.stderr)
+    print(f"{summary.line()} -> {args.output}")
+    return 1 if summary.failed else 0

@@ -1,0 +1,272 @@
+"""Extract features for a whole corpus into a directory: resumable, sharded, batched by length.
+
+:func:`extract_to_directory` is what ``speechcl extract`` runs:
+
+1. inputs are discovered (:mod:`speechcl.features.inputs`) and split by ``shard=(I, N)``;
+2. inputs whose output exists are skipped (outputs are written atomically, so existing means complete);
+   ``extract_config.json`` in the output directory records the settings, and a rerun with different
+   settings is refused unless ``overwrite``;
+3. lengths come from the manifest or the file headers; files are grouped longest-first into batches under
+   ``max_tokens`` samples (group-norm models: equal lengths only) and decoded, mixed down and resampled to
+   16 kHz by DataLoader workers while the model runs;
+4. features (:class:`~speechcl.features.extractor.FeatureExtractor`) go to the writer as soon as a batch is
+   done; unreadable or too-short inputs are reported and skipped, and listed in ``failed<tag>.tsv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from speechcl.audio.io import SAMPLE_RATE, AudioError, audio_info, load_audio
+from speechcl.features.chunking import batch_by_budget, num_frames
+from speechcl.features.extractor import DEFAULT_MAX_TOKENS, LAST, FeatureExtractor
+from speechcl.features.inputs import AUDIO_EXTENSIONS, InputItem, discover_inputs, select_shard
+from speechcl.features.writers import FeatureWriter, Hdf5Writer, NpyWriter, ShardWriter
+from speechcl.utils.io import atomic_write_json, atomic_write_text
+
+FORMATS = ("npy", "shards", "hdf5")
+SETTINGS_NAME = "extract_config.json"
+
+
+@dataclass
+class ExtractionSummary:
+    """What one run did (over its shard of the inputs)."""
+
+    inputs: int = 0  # inputs in this shard
+    extracted: int = 0
+    skipped: int = 0  # already done by an earlier run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    audio_seconds: float = 0.0  # of the extracted inputs
+    wall_seconds: float = 0.0
+
+    @property
+    def speed(self) -> float:
+        """Audio seconds processed per wall-clock second."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"extracted {self.extracted}, skipped {self.skipped} already done, failed {len(self.failed)} "
+                f"of {self.inputs} inputs; {self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s "
+                f"({self.speed:.1f} audio s/s)")
+
+
+class _AudioFiles(torch.utils.data.Dataset):
+    """Index → ``(index, wave [samples] at 16 kHz or None, error or None)``."""
+
+    def __init__(self, items: Sequence[InputItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            wave, _ = load_audio(self.items[index].path, SAMPLE_RATE)
+        except (AudioError, OSError, RuntimeError, ValueError) as err:
+            return index, None, str(err)
+        return index, wave, None
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _collate(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _shard_tag(shard: tuple[int, int]) -> str:
+    return "" if shard[1] == 1 else f".shard{shard[0]}of{shard[1]}"
+
+
+def make_writer(fmt: str, directory: Path, shard: tuple[int, int] = (0, 1), shard_bytes: int = 1 << 30
+                ) -> FeatureWriter:
+    """The writer for ``fmt`` (``npy``, ``shards`` or ``hdf5``); see :mod:`speechcl.features.writers`."""
+    if fmt == "npy":
+        return NpyWriter(directory)
+    if fmt == "shards":
+        return ShardWriter(directory, _shard_tag(shard), shard_bytes)
+    if fmt == "hdf5":
+        return Hdf5Writer(directory, _shard_tag(shard))
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _check_settings(directory: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    path = directory / SETTINGS_NAME
+    if path.exists() and not overwrite:
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if previous != settings:
+            changed = sorted(k for k in set(settings) | set(previous or {})
+                             if (previous or {}).get(k) != settings.get(k))
+            raise ValueError(f"{directory} holds features extracted with other settings ({', '.join(changed)} "
+                             f"differ; see {path}); choose another output directory or pass --overwrite")
+    atomic_write_json(path, settings)
+
+
+def _lengths(items: Sequence[InputItem], failed: list[tuple[str, str]]) -> list[tuple[InputItem, int]]:
+    out = []
+    for item in items:
+        if item.num_samples is not None:
+            out.append((item, item.num_samples))
+            continue
+        try:
+            out.append((item, audio_info(item.path).num_samples(SAMPLE_RATE)))
+        except AudioError as err:
+            failed.append((item.path, str(err)))
+    return out
+
+
+def extract_to_directory(
+    model: nn.Module | str | os.PathLike,
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    layers: str | int | Sequence[int | str] = "last",
+    fmt: str = "npy",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    chunk_seconds: float | None = 60.0,
+    overlap_seconds: float = 4.0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    shard: tuple[int, int] = (0, 1),
+    num_workers: int | None = None,
+    extensions: Sequence[str] = AUDIO_EXTENSIONS,
+    normalize: bool | None = None,
+    overwrite: bool = False,
+    shard_bytes: int = 1 << 30,
+    progress: bool = True,
+) -> ExtractionSummary:
+    """Extract features of every input in ``source`` into ``output_dir`` (see the module docstring).
+
+    Args:
+        model: a loaded speechcl model or a path :func:`speechcl.load_model` accepts.
+        source: an audio file, a directory, a ``.tsv`` manifest or a Kaldi ``wav.scp``.
+        output_dir: where outputs go (layout per ``fmt``: :mod:`speechcl.features.writers`).
+        layers, max_tokens, chunk_seconds, overlap_seconds, device, dtype: as
+            :class:`~speechcl.features.extractor.FeatureExtractor` (``chunk_seconds=None`` never chunks).
+        normalize: per-utterance normalisation; ``None``: what the checkpoint records (``normalize`` in a
+            speechcl config, ``do_normalize`` of transformers, the fairseq task's ``normalize``), else off.
+        fmt: ``npy`` (default), ``shards`` or ``hdf5``.
+        shard: ``(I, N)``: handle inputs ``I, I + N, ...`` only.
+        num_workers: audio-decoding processes (default 1, or 0 for a single input).
+        overwrite: recompute outputs that exist (and accept changed settings).
+        shard_bytes: target size of a shard for ``fmt="shards"``.
+        progress: show a progress bar (audio seconds per second) on stderr.
+
+    Returns:
+        an :class:`ExtractionSummary`; inputs that failed are listed in ``failed`` and in
+        ``output_dir/failed<tag>.tsv``.
+    """
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    model_name = str(Path(model).resolve()) if isinstance(model, str | os.PathLike) else f"<{type(model).__name__}>"
+    if isinstance(model, str | os.PathLike):
+        from speechcl.interop.export import load_model_with_metadata
+
+        model, meta = load_model_with_metadata(model)
+        normalize = meta.normalize if normalize is None else normalize
+    normalize = bool(normalize)
+    extractor = FeatureExtractor(model, layers, device=device, dtype=dtype, chunk_seconds=chunk_seconds,
+                                 overlap_seconds=overlap_seconds, max_tokens=max_tokens, normalize=normalize)
+    items = select_shard(discover_inputs(source, extensions), *shard)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(output_dir, {
+        "model": model_name, "format": fmt, "dim": extractor.dim,
+        "layers": ["last" if i is LAST else i for i in extractor.layers],
+        "dtype": str(dtype).removeprefix("torch."), "chunk_seconds": chunk_seconds,
+        "overlap_seconds": overlap_seconds if chunk_seconds is not None else None, "normalize": normalize,
+    }, overwrite)
+    writer = make_writer(fmt, output_dir, shard, shard_bytes)
+    summary = ExtractionSummary(inputs=len(items))
+    try:
+        pending = [it for it in items if overwrite or not writer.is_done(it.key)]
+        summary.skipped = len(items) - len(pending)
+        sized = []
+        for item, size in _lengths(pending, summary.failed):
+            if num_frames(size, extractor.cfg.conv_layers) <= 0:
+                summary.failed.append((item.path, f"too short: {size} samples at 16 kHz, the model needs at "
+                                                  f"least {extractor.receptive_field}"))
+            else:
+                sized.append((item, size))
+        _run(extractor, writer, sized, summary, num_workers, progress)
+    finally:
+        writer.close()
+    report = output_dir / f"failed{_shard_tag(shard)}.tsv"
+    if summary.failed:
+        atomic_write_text(report, "".join(f"{path}\t{reason}\n" for path, reason in summary.failed))
+    elif report.exists():
+        report.unlink()
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _file_batches(extractor: FeatureExtractor, sizes: Sequence[int]) -> list[list[int]]:
+    """Longest-first batches of whole files; a file that will be chunked is a batch of its own."""
+    chunked = [i for i, n in enumerate(sizes) if extractor.chunk_samples is not None and n > extractor.chunk_samples]
+    whole = [i for i, n in enumerate(sizes) if i not in set(chunked)]
+    batches = [[i] for i in sorted(chunked, key=lambda i: -sizes[i])]
+    grouped = batch_by_budget([sizes[i] for i in whole], extractor.max_tokens,
+                              equal_length_only=not extractor.padding_invariant)
+    return batches + [[whole[j] for j in batch] for batch in grouped]
+
+
+def _run(extractor: FeatureExtractor, writer: FeatureWriter, sized: list[tuple[InputItem, int]],
+         summary: ExtractionSummary, num_workers: int | None, progress: bool) -> None:
+    if not sized:
+        return
+    items = [item for item, _ in sized]
+    sizes = [size for _, size in sized]
+    if num_workers is None:
+        num_workers = 1 if len(items) > 1 else 0
+    loader = torch.utils.data.DataLoader(
+        _AudioFiles(items), batch_sampler=_file_batches(extractor, sizes), num_workers=num_workers,
+        collate_fn=_collate, worker_init_fn=_one_thread if num_workers else None,
+        prefetch_factor=2 if num_workers else None,
+    )
+    bar = tqdm(total=round(sum(sizes) / SAMPLE_RATE, 1), unit="s", unit_scale=False, disable=not progress,
+               desc="extract (audio s)", dynamic_ncols=True)
+    try:
+        for batch in loader:
+            good = []
+            for index, wave, error in batch:
+                if error is not None:
+                    summary.failed.append((items[index].path, error))
+                    bar.update(round(sizes[index] / SAMPLE_RATE, 3))
+                else:
+                    good.append((index, wave))
+            for index, feats in _extract_batch(extractor, good, items, summary):
+                writer.write(items[index].key, feats.numpy())
+                summary.extracted += 1
+                summary.audio_seconds += sizes[index] / SAMPLE_RATE
+                bar.update(round(sizes[index] / SAMPLE_RATE, 3))
+            bar.set_postfix(files=summary.extracted, failed=len(summary.failed), refresh=False)
+    finally:
+        bar.close()
+
+
+def _extract_batch(extractor: FeatureExtractor, good: list[tuple[int, torch.Tensor]], items: Sequence[InputItem],
+                   summary: ExtractionSummary) -> list[tuple[int, torch.Tensor]]:
+    """Features for a batch; if the batch fails (a decoded file shorter than its header said...), retry
+    its files one by one so that only the bad ones are reported."""
+    if not good:
+        return []
+    try:
+        return list(zip([i for i, _ in good], extractor.extract([w for _, w in good]), strict=True))
+    except ValueError as err:
+        if len(good) == 1:
+            summary.failed.append((items[good[0][0]].path, str(err)))
+            return []
+    return [pair for single in good for pair in _extract_batch(extractor, [single], items, summary)]
