@@ -16,14 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: the CPU demo (pretraining smoke run on a synthesized corpus until the full recipe lands).
+## The main job: the CPU demo recipe (synthesize, pretrain, fine-tune, compare with from-scratch, WER table).
 demo: $(STAMP)
-	$(BIN)/python tools/demo.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" recipes/synthetic/run.sh --setting quick --out exp/demo
 
 ## Installs, lints and runs the whole default test suite.
 test: $(STAMP)
 	$(BIN)/ruff check speechcl tests tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check speechcl tests tools

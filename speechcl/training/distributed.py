@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -50,5 +51,12 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group; call it before the process exits.
+
+    The collection frees what still holds the group (a finished ``DistributedDataParallel`` sits in a
+    reference cycle), so gloo's worker threads stop now: left to interpreter shutdown, they can abort
+    the process ("terminate called without an active exception") while releasing their last work.
+    """
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()

@@ -26,7 +26,7 @@ from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
 from speechcl.models.config import Wav2Vec2Config, preset
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, Wav2Vec2ForPretraining
-from speechcl.training.distributed import init_distributed
+from speechcl.training.distributed import cleanup, init_distributed
 from speechcl.training.schedules import ScheduleConfig
 from speechcl.training.trainer import OptimConfig, TaskOutput, TrainerConfig, resolve_device, train
 
@@ -191,12 +191,16 @@ def run_finetuning(model_cfg: FinetuneModelConfig, data: FinetuneDataConfig, opt
     if not dict_path.exists():
         raise FileNotFoundError(f"{dict_path} not found: run `speechcl prepare librispeech` first")
     dictionary = Dictionary.load(dict_path)
-    init_distributed(resolve_device(trainer.device))  # before the samplers: they shard by rank
-    torch.manual_seed(trainer.seed)
-    model = build_ctc_model(model_cfg, len(dictionary))
-    train_loader = build_labeled_loader(data, data.train_subset, dictionary, True)
-    valid_loader = build_labeled_loader(data, data.valid_subset, dictionary, False) if data.valid_subset else None
-    task = CTCTask(dictionary, model_cfg.freeze_finetune_updates)
-    extra = {"labels": dictionary.symbols, "normalize": data.normalize}
-    return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config,
-                 checkpoint_extra=extra)
+    info = init_distributed(resolve_device(trainer.device))  # before the samplers: they shard by rank
+    try:
+        torch.manual_seed(trainer.seed)
+        model = build_ctc_model(model_cfg, len(dictionary))
+        train_loader = build_labeled_loader(data, data.train_subset, dictionary, True)
+        valid_loader = (build_labeled_loader(data, data.valid_subset, dictionary, False)
+                        if data.valid_subset else None)
+        task = CTCTask(dictionary, model_cfg.freeze_finetune_updates)
+        extra = {"labels": dictionary.symbols, "normalize": data.normalize}
+        return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config,
+                     checkpoint_extra=extra)
+    finally:
+        cleanup(info)  # a process exiting with a live gloo group may abort ("terminate called ...")

@@ -16,7 +16,7 @@ from speechcl.data.sampler import BucketBatchSampler
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechcl.objectives import wav2vec2_loss
-from speechcl.training.distributed import init_distributed
+from speechcl.training.distributed import cleanup, init_distributed
 from speechcl.training.schedules import ScheduleConfig
 from speechcl.training.trainer import OptimConfig, TaskOutput, TrainerConfig, resolve_device, train
 
@@ -135,16 +135,19 @@ def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: An
 
 def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimConfig, schedule: ScheduleConfig,
                     trainer: TrainerConfig, loss: LossConfig, exp_dir: str | Path,
-                    run_config: dict[str, Any] | None = None, init_from: str | None = None) -> dict[str, Any]:
+                    run_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain a :class:`Wav2Vec2ForPretraining` on ``data`` into ``exp_dir`` (resumes automatically)."""
     if not data.manifest_dir:
         raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv manifests")
-    init_distributed(resolve_device(trainer.device))  # before the samplers: they shard by rank
-    torch.manual_seed(trainer.seed)
-    model = Wav2Vec2ForPretraining(model_cfg)
-    if model_cfg.feature_grad_mult == 0:
-        model.encoder.feature_extractor.requires_grad_(False)
-    train_loader = build_loader(data, data.train_subset, True)
-    valid_loader = build_loader(data, data.valid_subset, False) if data.valid_subset else None
-    task = PretrainTask(model_cfg, loss)
-    return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config)
+    info = init_distributed(resolve_device(trainer.device))  # before the samplers: they shard by rank
+    try:
+        torch.manual_seed(trainer.seed)
+        model = Wav2Vec2ForPretraining(model_cfg)
+        if model_cfg.feature_grad_mult == 0:
+            model.encoder.feature_extractor.requires_grad_(False)
+        train_loader = build_loader(data, data.train_subset, True)
+        valid_loader = build_loader(data, data.valid_subset, False) if data.valid_subset else None
+        task = PretrainTask(model_cfg, loss)
+        return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config)
+    finally:
+        cleanup(info)  # a process exiting with a live gloo group may abort ("terminate called ...")

@@ -215,6 +215,9 @@ def train(
     num_updates, epoch, best, skipped = 0, 0, math.inf, 0
     previous_seconds = 0.0  # training wall time of earlier (interrupted) runs
     run_start = time.perf_counter()
+    if info.is_main:
+        ckpt.exists("last")  # finish a swap a kill interrupted, once, before the other ranks look
+    barrier(info)
     if ckpt.exists("last"):
         state = ckpt.load("last", model, map_location="cpu")
         model.to(device)

@@ -1,0 +1,148 @@
+"""The training loop in-process: resuming at an epoch boundary, the ``best`` checkpoint, precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from speechcl.training.trainer import TaskOutput, train
+from tests.training.helpers import (
+    BATCHES_PER_EPOCH,
+    max_abs_diff,
+    read_log,
+    read_state,
+    read_weights,
+    tiny_configs,
+    tiny_pieces,
+)
+
+
+class Recorder:
+    """Wraps a task: records the item ids of every micro-batch; raises after ``crash_after`` forwards;
+    optionally replaces the validation score by a fixed sequence."""
+
+    def __init__(self, task: object, crash_after: int | None = None, scores: list[float] | None = None) -> None:
+        self.task, self.crash_after, self.scores = task, crash_after, scores
+        self.ids: list[list[int]] = []
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
+        if model.training:
+            if self.crash_after is not None and len(self.ids) >= self.crash_after:
+                raise RuntimeError("simulated crash")
+            self.ids.append(batch["id"].tolist())
+        return self.task.forward(model, batch, generator)
+
+    def valid_score(self, summary: dict[str, float]) -> float:
+        return self.scores.pop(0) if self.scores else self.task.valid_score(summary)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.task, name)
+
+
+def _run(manifest_dir: Path, exp_dir: Path, seed: int = 1, **kwargs: object) -> tuple[dict, Recorder]:
+    crash_after = kwargs.pop("crash_after", None)
+    model, task, train_loader, _ = tiny_pieces(manifest_dir, seed=seed, valid=False)
+    recorder = Recorder(task, crash_after=crash_after)  # type: ignore[arg-type]
+    trainer, optim, schedule = tiny_configs(**kwargs)
+    return train(model, recorder, train_loader, None, exp_dir, trainer, optim, schedule), recorder
+
+
+@pytest.fixture(scope="module")
+def reference(manifest_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Recorder]:
+    """6 uninterrupted updates: epoch 0 (4 batches) and half of epoch 1."""
+    exp = tmp_path_factory.mktemp("reference")
+    result, recorder = _run(manifest_dir, exp, max_update=6)
+    assert result["num_updates"] == 6
+    return exp, recorder
+
+
+def test_epochs_cover_every_item_once(reference: tuple[Path, Recorder]) -> None:
+    _, recorder = reference
+    epoch0 = [i for batch in recorder.ids[:BATCHES_PER_EPOCH] for i in batch]
+    assert sorted(epoch0) == list(range(12))
+    assert recorder.ids[BATCHES_PER_EPOCH:] != recorder.ids[:2]  # epoch 1 is reshuffled
+
+
+def test_resume_from_checkpoint_on_last_batch_of_epoch(manifest_dir: Path, tmp_path: Path,
+                                                       reference: tuple[Path, Recorder]) -> None:
+    ref_exp, ref = reference
+    with pytest.raises(RuntimeError, match="simulated crash"):  # crash in update 5, after saving at 4
+        _run(manifest_dir, tmp_path, max_update=6, save_interval=BATCHES_PER_EPOCH, crash_after=BATCHES_PER_EPOCH)
+    state = read_state(tmp_path / "checkpoints" / "last")
+    assert state["num_updates"] == BATCHES_PER_EPOCH
+    assert state["loader"]["position"] == BATCHES_PER_EPOCH and state["loader"]["epoch"] == 0
+    # resume into a differently initialised model: everything must come from the checkpoint
+    result, resumed = _run(manifest_dir, tmp_path, seed=99, max_update=6)
+    assert result["num_updates"] == 6
+    assert resumed.ids == ref.ids[BATCHES_PER_EPOCH:]  # epoch 1's first batches, not epoch 0 again
+    diff = max_abs_diff(read_weights(tmp_path / "checkpoints" / "last"),
+                        read_weights(ref_exp / "checkpoints" / "last"))
+    assert diff == 0.0, f"max abs difference {diff:.3g}"
+
+
+def test_resume_after_max_epoch_continues_with_next_epoch(manifest_dir: Path, tmp_path: Path,
+                                                          reference: tuple[Path, Recorder]) -> None:
+    ref_exp, ref = reference
+    result, _ = _run(manifest_dir, tmp_path, max_update=6, max_epoch=1)  # stops after epoch 0
+    assert result["num_updates"] == BATCHES_PER_EPOCH
+    result, resumed = _run(manifest_dir, tmp_path, seed=99, max_update=6)
+    assert result["num_updates"] == 6
+    assert resumed.ids == ref.ids[BATCHES_PER_EPOCH:]
+    diff = max_abs_diff(read_weights(tmp_path / "checkpoints" / "last"),
+                        read_weights(ref_exp / "checkpoints" / "last"))
+    assert diff == 0.0, f"max abs difference {diff:.3g}"
+
+
+def test_resume_when_already_done_is_a_no_op(manifest_dir: Path, tmp_path: Path) -> None:
+    _run(manifest_dir, tmp_path, max_update=2)
+    before = read_weights(tmp_path / "checkpoints" / "last")
+    result, again = _run(manifest_dir, tmp_path, seed=99, max_update=2)
+    assert result["num_updates"] == 2 and again.ids == []
+    diff = max_abs_diff(before, read_weights(tmp_path / "checkpoints" / "last"))
+    assert diff == 0.0, f"max abs difference {diff:.3g}"
+
+
+def test_best_checkpoint_follows_validation_score(manifest_dir: Path, tmp_path: Path) -> None:
+    model, task, train_loader, valid_loader = tiny_pieces(manifest_dir)
+    scores = [3.0, 1.0, 2.0, 5.0]  # validations after updates 1, 2, 3 and at the end (4)
+    recorder = Recorder(task, scores=list(scores))
+    trainer, optim, schedule = tiny_configs(max_update=4, valid_interval=1, keep_interval_updates=1, keep_last=10)
+    result = train(model, recorder, train_loader, valid_loader, tmp_path, trainer, optim, schedule)
+    assert result["best"] == 1.0
+    ckpts = tmp_path / "checkpoints"
+    assert read_state(ckpts / "best")["num_updates"] == 2
+    assert read_state(ckpts / "last")["num_updates"] == 4 and read_state(ckpts / "last")["best"] == 1.0
+    diff = max_abs_diff(read_weights(ckpts / "best"), read_weights(ckpts / "step_00000002"))
+    assert diff == 0.0, f"max abs difference {diff:.3g}"
+    valid = [r for r in read_log(tmp_path) if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [1, 2, 3, 4]
+    assert [r["best"] for r in valid] == [3.0, 1.0, 1.0, 1.0]
+    assert {"loss", "accuracy", "code_perplexity"} <= valid[0].keys()
+    # the pretraining task ranks checkpoints by validation contrastive loss
+    assert task.valid_score({"loss": 2.5, "accuracy": 0.9}) == 2.5
+
+
+def test_bf16_autocast_on_cpu(manifest_dir: Path, tmp_path: Path) -> None:
+    model, task, train_loader, valid_loader = tiny_pieces(manifest_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer, optim, schedule = tiny_configs(max_update=2, precision="bf16")
+    result = train(model, task, train_loader, valid_loader, tmp_path, trainer, optim, schedule)
+    assert result["num_updates"] == 2 and result["nonfinite_skipped"] == 0
+    log = [r for r in read_log(tmp_path) if r["split"] in ("train", "valid")]
+    assert len(log) == 3
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["total_loss"]])).all() for r in log)
+    assert all(v.dtype == before[k].dtype for k, v in model.state_dict().items())  # weights stay float32
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_fp16_on_cpu_is_rejected(manifest_dir: Path, tmp_path: Path) -> None:
+    model, task, train_loader, _ = tiny_pieces(manifest_dir, valid=False)
+    trainer, optim, schedule = tiny_configs(precision="fp16")
+    with pytest.raises(ValueError, match="fp16 needs a GPU; use bf16"):
+        train(model, task, train_loader, None, tmp_path, trainer, optim, schedule)
+    trainer, optim, schedule = tiny_configs(precision="fp8")
+    with pytest.raises(ValueError, match="precision"):
+        train(model, task, train_loader, None, tmp_path, trainer, optim, schedule)
