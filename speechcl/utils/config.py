@@ -53,6 +53,11 @@ def to_dataclass(cls: type[T], values: dict[str, Any], section: str) -> T:
         default = fields[key].default
         if isinstance(value, list) and isinstance(default, tuple):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        expected = type(default) if isinstance(default, (bool, int, float, str)) else None
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is not None and (type(value) is not expected):
+            raise ValueError(f"{section}.{key} must be a {expected.__name__}, got {value!r}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
