@@ -38,8 +38,8 @@ done
 # Settings: corpus size, labeled minutes, pretraining and fine-tuning updates.
 case "$setting" in
   tiny)  minutes=2;  speakers=8;  heldout=2; devtest=0.5; labeled=1m;  pt_updates=4;   ft_updates=4;   ft_freeze=2;   extra_pt="model=tiny data.max_sample_size=32000 data.max_tokens=128000 trainer.valid_interval=2 trainer.save_interval=2"; extra_ft="model.preset=tiny data.max_tokens=160000 trainer.valid_interval=2 trainer.save_interval=2" ;;
-  quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=240; ft_updates=150; ft_freeze=20;  extra_pt=""; extra_ft="" ;;
-  full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=2400; ft_updates=1200; ft_freeze=100; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200" ;;
+  quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=200; ft_updates=250; ft_freeze=0;   extra_pt=""; extra_ft="" ;;
+  full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=2400; ft_updates=1200; ft_freeze=0; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200" ;;
   *) echo "unknown setting $setting (quick, full or tiny)" >&2; exit 2 ;;
 esac
 out=${out:-exp/synthetic-$setting}

@@ -72,6 +72,7 @@ class FinetuneDataConfig:
     normalize: bool = False
     num_workers: int = 2
     seed: int = 1
+    best_metric: str = "wer"  # wer | cer | loss: what picks the `best` checkpoint (cer while WER is ~100%)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -81,9 +82,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class CTCTask:
     """CTC loss for training; greedy decoding with word/character error counts for validation."""
 
-    def __init__(self, dictionary: Dictionary, freeze_finetune_updates: int) -> None:
+    def __init__(self, dictionary: Dictionary, freeze_finetune_updates: int, best_metric: str = "wer") -> None:
+        if best_metric not in ("wer", "cer", "loss"):
+            raise ValueError(f"best_metric must be wer, cer or loss, got {best_metric!r}")
         self.dictionary = dictionary
         self.freeze_finetune_updates = freeze_finetune_updates
+        self.best_metric = best_metric
         self.frozen = freeze_finetune_updates > 0
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
@@ -126,7 +130,7 @@ class CTCTask:
         return out
 
     def valid_score(self, summary: dict[str, float]) -> float:
-        return summary.get("wer", summary["loss"])
+        return summary.get(self.best_metric, summary["loss"])
 
     def on_update(self, model: nn.Module, num_updates: int) -> None:
         self.frozen = num_updates < self.freeze_finetune_updates
@@ -198,7 +202,7 @@ def run_finetuning(model_cfg: FinetuneModelConfig, data: FinetuneDataConfig, opt
         train_loader = build_labeled_loader(data, data.train_subset, dictionary, True)
         valid_loader = (build_labeled_loader(data, data.valid_subset, dictionary, False)
                         if data.valid_subset else None)
-        task = CTCTask(dictionary, model_cfg.freeze_finetune_updates)
+        task = CTCTask(dictionary, model_cfg.freeze_finetune_updates, data.best_metric)
         extra = {"labels": dictionary.symbols, "normalize": data.normalize}
         return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config,
                      checkpoint_extra=extra)
