@@ -63,32 +63,35 @@ def _save_config(cfg: object, exp_dir: Path) -> None:
         atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
 
-def run_finetune(args: argparse.Namespace) -> int:
-    from speechcl.training.finetune import FinetuneDataConfig, FinetuneModelConfig, run_finetuning
+def _sections(plain: dict, spec: dict[str, type]) -> dict[str, object]:
+    """The config sections named in ``spec`` as their dataclasses (ValueError naming the bad key)."""
+    from speechcl.utils.config import to_dataclass
+
+    return {name: to_dataclass(cls, plain[name], name) for name, cls in spec.items()}
+
+
+def _run(args: argparse.Namespace, spec: dict[str, type], runner, find_unused) -> int:
+    """Compose, convert, save the resolved config, train; errors become one line and exit code 2."""
     from speechcl.training.schedules import ScheduleConfig
     from speechcl.training.trainer import OptimConfig, TrainerConfig
-    from speechcl.utils.config import to_dataclass
 
     composed = _compose(args)
     if isinstance(composed, int):
         return composed
     cfg, plain = composed
     try:
-        model_cfg = to_dataclass(FinetuneModelConfig, plain["model"], "model")
-        data = to_dataclass(FinetuneDataConfig, plain["data"], "data")
-        optim = to_dataclass(OptimConfig, plain["optim"], "optim")
-        schedule = to_dataclass(ScheduleConfig, plain["schedule"], "schedule")
-        trainer = to_dataclass(TrainerConfig, plain["trainer"], "trainer")
+        parts = _sections(plain, {**spec, "optim": OptimConfig, "schedule": ScheduleConfig,
+                                  "trainer": TrainerConfig})
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if model_cfg.layerdrop > 0 or model_cfg.freeze_finetune_updates > 0:
-        trainer.find_unused_parameters = True
+    if find_unused(parts["model"]):
+        parts["trainer"].find_unused_parameters = True  # layers skipped or frozen on some updates
     exp_dir = Path(plain["exp_dir"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _save_config(cfg, exp_dir)
     try:
-        result = run_finetuning(model_cfg, data, optim, schedule, trainer, exp_dir, run_config=plain)
+        result = runner(parts, exp_dir, plain)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -99,37 +102,24 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_finetune(args: argparse.Namespace) -> int:
+    from speechcl.training.finetune import FinetuneDataConfig, FinetuneModelConfig, run_finetuning
+
+    return _run(
+        args, {"model": FinetuneModelConfig, "data": FinetuneDataConfig},
+        lambda p, exp_dir, plain: run_finetuning(p["model"], p["data"], p["optim"], p["schedule"], p["trainer"],
+                                                 exp_dir, run_config=plain),
+        lambda m: m.layerdrop > 0 or m.freeze_finetune_updates > 0,
+    )
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     from speechcl.models.config import Wav2Vec2Config
     from speechcl.training.pretrain import DataConfig, LossConfig, run_pretraining
-    from speechcl.training.schedules import ScheduleConfig
-    from speechcl.training.trainer import OptimConfig, TrainerConfig
-    from speechcl.utils.config import to_dataclass
 
-    composed = _compose(args)
-    if isinstance(composed, int):
-        return composed
-    cfg, plain = composed
-    try:
-        model_cfg = to_dataclass(Wav2Vec2Config, plain["model"], "model")
-        data = to_dataclass(DataConfig, plain["data"], "data")
-        optim = to_dataclass(OptimConfig, plain["optim"], "optim")
-        schedule = to_dataclass(ScheduleConfig, plain["schedule"], "schedule")
-        trainer = to_dataclass(TrainerConfig, plain["trainer"], "trainer")
-        loss = to_dataclass(LossConfig, plain["loss"], "loss")
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if model_cfg.layerdrop > 0:
-        trainer.find_unused_parameters = True
-    exp_dir = Path(plain["exp_dir"])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    _save_config(cfg, exp_dir)
-    try:
-        result = run_pretraining(model_cfg, data, optim, schedule, trainer, loss, exp_dir, run_config=plain)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: {result['num_updates']} updates; checkpoints in {exp_dir / 'checkpoints'}")
-    return 0
+    return _run(
+        args, {"model": Wav2Vec2Config, "data": DataConfig, "loss": LossConfig},
+        lambda p, exp_dir, plain: run_pretraining(p["model"], p["data"], p["optim"], p["schedule"], p["trainer"],
+                                                  p["loss"], exp_dir, run_config=plain),
+        lambda m: m.layerdrop > 0,
+    )
