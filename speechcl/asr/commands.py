@@ -118,17 +118,20 @@ def _add_decoder_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _recognizer(args: argparse.Namespace, dict_path: str | None):
-    from speechcl.api import load_model
-    from speechcl.asr.recognizer import Recognizer, checkpoint_normalize, resolve_dictionary
+    from speechcl.asr.recognizer import Recognizer, resolve_dictionary
+    from speechcl.interop.export import load_model_with_metadata
     from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
 
     if args.dict is not None and not Path(args.dict).is_file():
         raise FileNotFoundError(f"--dict {args.dict} not found")
-    model = load_model(args.model, map_location=args.device)
+    if not Path(args.model).exists():
+        raise FileNotFoundError(f"model path {args.model} does not exist")
+    model, metadata = load_model_with_metadata(args.model)  # a fairseq .pt is read once
+    model = model.to(args.device)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{args.model} holds a {type(model).__name__}, not a CTC model: fine-tune it first")
-    dictionary = resolve_dictionary(args.model, dict_path, model.vocab_size)
-    normalize = checkpoint_normalize(args.model) if args.normalize is None else args.normalize
+    dictionary = resolve_dictionary(args.model, dict_path, model.vocab_size, metadata)
+    normalize = metadata.normalize if args.normalize is None else args.normalize
     return Recognizer(model, dictionary, normalize)
 
 
@@ -230,7 +233,7 @@ def run_align(args: argparse.Namespace) -> int:
     from speechcl.asr.align import align_words
     from speechcl.asr.transcribe import chunked_logits
     from speechcl.audio.io import load_audio
-    from speechcl.data.files import atomic_open
+    from speechcl.utils.io import atomic_open
 
     transcript = args.transcript
     if Path(transcript).is_file():

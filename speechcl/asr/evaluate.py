@@ -31,10 +31,9 @@ from speechcl.asr.decode import Decoder
 from speechcl.asr.recognizer import Recognizer
 from speechcl.asr.score import Score, score
 from speechcl.audio.io import SAMPLE_RATE, load_audio
-from speechcl.data.files import write_lines
 from speechcl.data.labels import normalize_transcript, read_lines
 from speechcl.data.manifest import Manifest
-from speechcl.utils.io import atomic_write_json
+from speechcl.utils.io import atomic_write_json, write_lines
 
 
 def make_batches(sizes: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechcl.data.files import atomic_open
 from speechcl.data.labels import WORD_SEPARATOR, normalize_transcript
+from speechcl.utils.io import atomic_open
 
 BOS = "<s>"
 EOS = "</s>"

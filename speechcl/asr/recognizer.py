@@ -15,7 +15,6 @@ LV-60 models expect) comes from ``normalize`` in the checkpoint's ``config.json`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from speechcl.audio.io import SAMPLE_RATE
 from speechcl.data.labels import SPECIAL_SYMBOLS, Dictionary
+from speechcl.interop.export import ModelMetadata, read_metadata
 from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
 
 
@@ -46,50 +46,29 @@ def labels_to_dictionary(labels: Sequence[str], source: str) -> Dictionary:
     return Dictionary(labels[len(SPECIAL_SYMBOLS):])
 
 
-def checkpoint_dictionary(path: str | os.PathLike) -> Dictionary | None:
-    """The dictionary a checkpoint carries (speechcl ``labels`` or transformers ``vocab.json``), if any."""
-    path = Path(path)
-    if not path.is_dir():
-        return None
-    config = path / "config.json"
-    if config.is_file():
-        meta = json.loads(config.read_text())
-        if meta.get("format") == "speechcl" and meta.get("labels"):
-            return labels_to_dictionary(meta["labels"], str(config))
-    vocab = path / "vocab.json"
-    if vocab.is_file():
-        table = json.loads(vocab.read_text())
-        if isinstance(table, dict) and table and all(isinstance(v, int) for v in table.values()):
-            ordered = sorted(table, key=table.__getitem__)
-            if [table[s] for s in ordered] == list(range(len(ordered))):
-                return labels_to_dictionary(ordered, str(vocab))
-    return None
+def checkpoint_dictionary(path: str | os.PathLike, metadata: ModelMetadata | None = None) -> Dictionary | None:
+    """The dictionary a checkpoint carries (speechcl ``labels`` or transformers ``vocab.json``), if any.
+
+    ``metadata`` (from :func:`~speechcl.interop.export.read_metadata`) avoids reading the checkpoint again.
+    """
+    if metadata is None:
+        metadata = read_metadata(path) if Path(path).is_dir() else ModelMetadata()
+    return labels_to_dictionary(metadata.labels, str(path)) if metadata.labels else None
 
 
 def checkpoint_normalize(path: str | os.PathLike) -> bool:
     """Whether a checkpoint expects per-utterance normalised input (False when it does not say)."""
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    config = path / "config.json"
-    if config.is_file():
-        meta = json.loads(config.read_text())
-        if meta.get("format") == "speechcl":
-            return bool(meta.get("normalize", False))
-    pre = path / "preprocessor_config.json"
-    if pre.is_file():
-        return bool(json.loads(pre.read_text()).get("do_normalize", False))
-    return False
+    return read_metadata(path).normalize
 
 
 def resolve_dictionary(model_path: str | os.PathLike, dict_path: str | os.PathLike | None,
-                       vocab_size: int) -> Dictionary:
+                       vocab_size: int, metadata: ModelMetadata | None = None) -> Dictionary:
     """The checkpoint's dictionary, else ``dict_path``; checks it against the model's ``vocab_size``.
 
     Raises:
         ValueError: neither source exists, both exist and disagree, or the size does not match.
     """
-    dictionary = checkpoint_dictionary(model_path)
+    dictionary = checkpoint_dictionary(model_path, metadata)
     if dict_path is not None and Path(dict_path).is_file():
         given = Dictionary.load(dict_path)
         if dictionary is not None and given.symbols != dictionary.symbols:

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from speechcl.data.files import write_lines
+from speechcl.utils.io import write_lines
 
 WORD_SEPARATOR = "|"
 SPECIAL_SYMBOLS: tuple[str, ...] = ("<blank>", "<pad>", "</s>", "<unk>")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechcl.data.files import write_lines
+from speechcl.utils.io import write_lines
 
 
 @dataclass

@@ -46,10 +46,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from speechcl.audio.io import SAMPLE_RATE, AudioError, audio_info, load_audio
-from speechcl.data.files import write_lines
 from speechcl.data.labels import count_symbols, normalize_transcript, words_to_letters, write_dict
 from speechcl.data.manifest import Manifest, write_manifest
 from speechcl.data.subsets import LIBRILIGHT_DIR, LIBRILIGHT_SETS, SubsetSpec, find_librilight, select_subset
+from speechcl.utils.io import write_lines
 
 REPORT_NAME = "prepare_report.tsv"
 AUDIO_EXTENSIONS: tuple[str, ...] = ("flac", "wav")

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from speechcl.audio.io import SAMPLE_RATE, audio_info, write_audio
-from speechcl.data.files import write_lines
+from speechcl.utils.io import write_lines
 
 ACCENTS: tuple[str, ...] = (
     "en", "en-US", "en-GB-scotland", "en-GB-x-rp", "en-GB-x-gbclan", "en-GB-x-gbcwmd", "en-029", "en-US-nyc",

@@ -56,8 +56,10 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         vocab = path / "vocab.json"
         if vocab.is_file():
             table = json.loads(vocab.read_text())
-            if isinstance(table, dict) and all(isinstance(v, int) for v in table.values()):
-                labels = sorted(table, key=table.__getitem__)
+            if isinstance(table, dict) and table and all(isinstance(v, int) for v in table.values()):
+                ordered = sorted(table, key=table.__getitem__)
+                if [table[s] for s in ordered] == list(range(len(ordered))):  # indices 0..n-1, no gaps
+                    labels = ordered
         pre = path / "preprocessor_config.json"
         normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
         return ModelMetadata(labels, normalize)

@@ -26,6 +26,14 @@ class EncoderOutput:
     mask_indices: Tensor | None  # [B, T] bool, True at masked (time) steps
     hidden_states: list[Tensor]  # with return_hidden: input to layer 1, then one per layer, each [B, T, D]
 
+    @property
+    def lengths(self) -> Tensor:
+        """``[B]`` int64 valid (unpadded) frames."""
+        b, t = self.x.shape[:2]
+        if self.padding_mask is None:
+            return torch.full((b,), t, dtype=torch.int64, device=self.x.device)
+        return (~self.padding_mask).sum(1)
+
 
 @dataclass
 class FeaturesOutput:
@@ -146,12 +154,7 @@ class Wav2Vec2Encoder(nn.Module):
         The module's train/eval mode is respected; call ``.eval()`` for deterministic features.
         """
         out = self(wav, padding_mask, return_hidden=True)
-        t = out.x.shape[1]
-        if out.padding_mask is None:
-            lengths = torch.full((wav.shape[0],), t, dtype=torch.int64, device=wav.device)
-        else:
-            lengths = (~out.padding_mask).sum(1)
-        return FeaturesOutput(hidden_states=out.hidden_states, lengths=lengths, last_hidden_state=out.x)
+        return FeaturesOutput(hidden_states=out.hidden_states, lengths=out.lengths, last_hidden_state=out.x)
 
 
 @dataclass
@@ -250,10 +253,4 @@ class Wav2Vec2ForCTC(nn.Module):
         with torch.no_grad() if freeze_encoder else contextlib.nullcontext():
             enc = self.encoder(wav, padding_mask, mask=self.training, channel_mask=self.training,
                                generator=generator)
-        logits = self.head(self.final_dropout(enc.x))
-        t = logits.shape[1]
-        if enc.padding_mask is None:
-            lengths = torch.full((wav.shape[0],), t, dtype=torch.int64, device=wav.device)
-        else:
-            lengths = (~enc.padding_mask).sum(1)
-        return logits, lengths
+        return self.head(self.final_dropout(enc.x)), enc.lengths

@@ -75,10 +75,6 @@ class FinetuneDataConfig:
     best_metric: str = "wer"  # wer | cer | loss: what picks the `best` checkpoint (cer while WER is ~100%)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 class CTCTask:
     """CTC loss for training; greedy decoding with word/character error counts for validation."""
 

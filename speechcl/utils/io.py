@@ -7,14 +7,17 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in ``target``'s directory; on success it replaces ``target``."""
+    """Yield a temporary path in ``target``'s directory; on success it replaces ``target``.
+
+    For writers that want a file name (safetensors, numpy); :func:`atomic_open` yields a handle instead.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -30,13 +33,31 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_open(target: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
+    """Open ``target`` for writing so that it appears complete or not at all (text is UTF-8)."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_open only writes; got mode {mode!r}")
+    encoding = None if "b" in mode else "utf-8"
+    with atomic_path(target) as tmp, open(tmp, mode, encoding=encoding) as handle:
+        yield handle
+
+
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(text)
+    with atomic_open(target) as handle:
+        handle.write(text)
 
 
 def atomic_write_json(target: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_lines(target: str | os.PathLike[str], lines: Iterable[str]) -> None:
+    """Atomically write ``lines``, each followed by a newline."""
+    with atomic_open(target) as handle:
+        for line in lines:
+            handle.write(line)
+            handle.write("\n")
 
 
 def atomic_save(target: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
