@@ -117,7 +117,10 @@ def _add_decoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
 
 
-def _recognizer(args: argparse.Namespace, dict_path: str | None):
+def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):
+    """The CTC model with its dictionary: the checkpoint's labels, else ``--dict``, else ``fallback_dict``
+    (the ``dict.ltr.txt`` beside the manifest). Only an explicit ``--dict`` is checked against the
+    checkpoint's labels; a corpus's own dictionary never overrides them."""
     from speechcl.asr.recognizer import Recognizer, resolve_dictionary
     from speechcl.interop.export import load_model_with_metadata
     from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
@@ -130,6 +133,7 @@ def _recognizer(args: argparse.Namespace, dict_path: str | None):
     model = model.to(args.device)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{args.model} holds a {type(model).__name__}, not a CTC model: fine-tune it first")
+    dict_path = args.dict if args.dict is not None or metadata.labels else fallback_dict
     dictionary = resolve_dictionary(args.model, dict_path, model.vocab_size, metadata)
     normalize = metadata.normalize if args.normalize is None else args.normalize
     return Recognizer(model, dictionary, normalize)
@@ -169,8 +173,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if len(set(splits)) != len(splits):
         return _fail(ValueError(f"manifest names {splits} repeat; output files are named after them"))
     try:
-        dict_path = args.dict or str(manifests[0].parent / "dict.ltr.txt")
-        recognizer = _recognizer(args, dict_path)
+        recognizer = _recognizer(args, str(manifests[0].parent / "dict.ltr.txt"))
         decoder = _decoder(args, recognizer.dictionary)
         settings = {"model": str(Path(args.model).resolve()), **_decoder_settings(args),
                     "normalize": recognizer.normalize}
@@ -214,7 +217,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
     from speechcl.asr.transcribe import transcribe_files
 
     try:
-        recognizer = _recognizer(args, args.dict)
+        recognizer = _recognizer(args)
         decoder = _decoder(args, recognizer.dictionary)
     except (OSError, ValueError, RuntimeError) as err:
         return _fail(err)
@@ -239,7 +242,7 @@ def run_align(args: argparse.Namespace) -> int:
     if Path(transcript).is_file():
         transcript = Path(transcript).read_text(encoding="utf-8")
     try:
-        recognizer = _recognizer(args, args.dict)
+        recognizer = _recognizer(args)
         wave, _ = load_audio(args.audio)
         logits = chunked_logits(recognizer, wave, args.chunk_seconds, args.overlap_seconds)
         timings = align_words(torch.log_softmax(logits, dim=-1), transcript, recognizer.dictionary,

@@ -87,6 +87,21 @@ def test_evaluate_scores_empty_hypotheses_with_dict_next_to_manifest(corpus):
     assert result["wer"] == 1.0 and result["cer"] == 1.0 and result["words"]["deletions"] == 10
 
 
+def test_evaluate_on_another_corpus_uses_the_checkpoint_labels(corpus, tmp_path):
+    """A corpus's own dict.ltr.txt (other counts, other order) must not override or clash with the labels
+    the checkpoint was fine-tuned with; only an explicit --dict is checked against them."""
+    root, data, model, _ = corpus
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dev.tsv").write_text((data / "dev.tsv").read_text())
+    (other / "dev.wrd").write_text((data / "dev.wrd").read_text())
+    write_dict(other / "dict.ltr.txt", [(s, 10) for s in reversed(LETTERS)])
+    assert main(["evaluate", "--model", str(model), "--manifest", str(other / "dev.tsv"),
+                 "--output", str(tmp_path / "o"), "--quiet", "--device", "cpu"]) == 0
+    assert main(["evaluate", "--model", str(model), "--manifest", str(other / "dev.tsv"), "--dict",
+                 str(other / "dict.ltr.txt"), "--output", str(tmp_path / "o2"), "--quiet", "--device", "cpu"]) == 2
+
+
 def test_evaluate_without_dictionary_fails_with_a_clear_message(corpus, tmp_path, capsys):
     root, data, _, blank = corpus
     manifest = tmp_path / "dev.tsv"
