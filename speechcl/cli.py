@@ -20,6 +20,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "speechcl.interop.commands",
     "speechcl.training.commands",
     "speechcl.asr.commands",
+    "speechcl.bench.commands",
 )
 
 

@@ -1,0 +1,14 @@
+"""Benchmarks of issue #7: speechcl against transformers' Wav2Vec2 on the same config and weights.
+
+- :mod:`speechcl.bench.pretrain` — a pretraining step: speed (fp32, bf16), peak memory, FLOP/s against a
+  matmul, and the bf16-vs-fp32 loss trajectory;
+- :mod:`speechcl.bench.inference` — ``extract_features`` vs ``Wav2Vec2Model``: speed and bf16 accuracy;
+- :mod:`speechcl.bench.extraction` — ``speechcl extract`` vs a plain transformers loop, whole processes;
+- :mod:`speechcl.bench.timing`, :mod:`~speechcl.bench.memory`, :mod:`~speechcl.bench.flops` — alternated
+  timing with medians, per-step peak memory in a fresh process, FLOP counting;
+- :mod:`speechcl.bench.reference` — the transformers side (same config and weights as ours);
+- :mod:`speechcl.bench.report` — the targets and the PASS/MISS table.
+
+The command line is ``speechcl bench {pretrain,inference,extract,all}`` (:mod:`speechcl.bench.commands`)
+and ``tools/bench_*.py``. Submodules are imported on use: transformers is only a ``dev`` extra.
+"""

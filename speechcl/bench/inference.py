@@ -1,0 +1,119 @@
+"""Benchmark inference: speechcl's ``extract_features`` against transformers' ``Wav2Vec2Model``.
+
+Both sides return every hidden state (ours always; transformers with ``output_hidden_states=True``), run
+without gradients in eval mode, on the same weights (:mod:`speechcl.bench.reference`) and the same
+batch of equal-length utterances ``[batch, seconds · 16000]`` (random noise standing in for speech; no
+padding). speechcl also runs under ``torch.autocast(device, bfloat16)``; its accuracy is the cosine
+similarity of the bf16 final output to the float32 one, per frame, averaged over frames and utterances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from speechcl.bench.pretrain import random_batch
+from speechcl.bench.reference import autocast, environment, reference_encoder, resolve_device
+from speechcl.bench.timing import alternate, speed_ratio
+from speechcl.models.config import preset
+from speechcl.models.wav2vec2 import Wav2Vec2Encoder
+
+OURS_FP32, OURS_BF16, THEIRS_FP32 = "speechcl_fp32", "speechcl_bf16", "transformers_fp32"
+SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16)
+
+
+@dataclass
+class InferenceBenchConfig:
+    """What :func:`run_inference_bench` measures (``config``: a preset name)."""
+
+    config: str = "base"
+    seconds: float = 10.0
+    batch_sizes: Sequence[int] = field(default_factory=lambda: (1, 4))
+    reps: int = 5
+    warmup: int = 1
+    device: str = "cpu"
+    seed: int = 0
+
+
+def bf16_cosine(encoder: Wav2Vec2Encoder, wav: torch.Tensor) -> float:
+    """Mean over frames of the cosine similarity between the final output ``[B, T, D]`` computed under
+    bf16 autocast and in float32, for ``wav [B, S]``."""
+    device = wav.device
+    reference = encoder.extract_features(wav).last_hidden_state.float()
+    with autocast(device, "bf16"):
+        low = encoder.extract_features(wav).last_hidden_state.float()
+    return float(F.cosine_similarity(low, reference, dim=-1).mean())
+
+
+def run_inference_bench(opts: InferenceBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time the three sides per batch size (alternated, medians). Returns a JSON-able dict with, under
+    ``batches[<size>]``: ``sides`` (``median_s``, ``audio_s_per_s``, ``times_s``), ``ratios``
+    (``speed_fp32`` ours/theirs, ``speed_bf16_vs_fp32`` ours bf16/ours fp32, ``speed_bf16_vs_reference_fp32``),
+    ``bf16_cosine`` and ``max_abs_diff_vs_reference`` (ours fp32 vs transformers, final output: a check
+    that both compute the same function)."""
+    say = progress or (lambda _: None)
+    if not opts.batch_sizes or min(opts.batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be positive, got {list(opts.batch_sizes)}")
+    device = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    ours = Wav2Vec2Encoder(preset(opts.config)).to(device).eval()
+    theirs = reference_encoder(ours).eval()
+
+    def run_theirs(wav: torch.Tensor) -> Any:
+        with torch.no_grad():
+            return theirs(wav, output_hidden_states=True)
+
+    def run_ours_bf16(wav: torch.Tensor) -> Any:
+        with autocast(device, "bf16"):
+            return ours.extract_features(wav)
+
+    result: dict[str, Any] = {
+        "benchmark": "inference",
+        "settings": {"config": opts.config, "seconds": opts.seconds, "batch_sizes": list(opts.batch_sizes),
+                     "reps": opts.reps, "warmup": opts.warmup, **environment(device),
+                     "transformers_attention": theirs.config._attn_implementation},
+        "batches": {},
+    }
+    for batch in opts.batch_sizes:
+        wav = random_batch(batch, opts.seconds, opts.seed, device)
+        calls: dict[str, Callable[[], object]] = {
+            OURS_FP32: lambda wav=wav: ours.extract_features(wav),
+            THEIRS_FP32: lambda wav=wav: run_theirs(wav),
+            OURS_BF16: lambda wav=wav: run_ours_bf16(wav),
+        }
+        say(f"timing inference, batch {batch} x {opts.seconds:g} s ({opts.config}) with {opts.warmup} warm-up + "
+            f"{opts.reps} rounds ...")
+        series = alternate(calls, {name: batch * opts.seconds for name in calls}, opts.reps, opts.warmup, device,
+                           say)
+        diff = float((ours.extract_features(wav).last_hidden_state - run_theirs(wav).last_hidden_state).abs().max())
+        result["batches"][str(batch)] = {
+            "sides": {name: s.to_dict("audio_s") for name, s in series.items()},
+            "ratios": {
+                "speed_fp32": speed_ratio(series[OURS_FP32], series[THEIRS_FP32]),
+                "speed_bf16_vs_fp32": speed_ratio(series[OURS_BF16], series[OURS_FP32]),
+                "speed_bf16_vs_reference_fp32": speed_ratio(series[OURS_BF16], series[THEIRS_FP32]),
+            },
+            "bf16_cosine": bf16_cosine(ours, wav),
+            "max_abs_diff_vs_reference": diff,
+        }
+    return result
+
+
+def format_inference(result: dict[str, Any]) -> str:
+    """Human-readable lines for a :func:`run_inference_bench` result."""
+    st = result["settings"]
+    lines = [f"inference (all hidden states), {st['config']}, {st['seconds']:g} s utterances, {st['device']}, "
+             f"{st['threads']} threads, transformers attention {st['transformers_attention']} "
+             f"(medians of {st['reps']} alternated rounds after {st['warmup']} warm-up)"]
+    for batch, entry in result["batches"].items():
+        s, r = entry["sides"], entry["ratios"]
+        lines.append(f"  batch {batch}: " + ", ".join(
+            f"{name} {s[name]['median_s']:.3f} s ({s[name]['audio_s_per_s']:.1f} audio s/s)" for name in SIDES))
+        lines.append(f"    ours/theirs fp32 {r['speed_fp32']:.2f}x   ours bf16/fp32 {r['speed_bf16_vs_fp32']:.2f}x   "
+                     f"bf16 cosine {entry['bf16_cosine']:.5f}   max |ours-theirs| fp32 "
+                     f"{entry['max_abs_diff_vs_reference']:.1e}")
+    return "\n".join(lines)

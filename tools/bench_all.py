@@ -1,0 +1,15 @@
+"""Run `speechcl bench all`: pretrain, inference and extract benchmarks, then a PASS/MISS table of the
+ratios against the targets of issue #7 (see speechcl/bench/commands.py for the options; about 8 minutes
+at the BASE defaults on 2 quiet CPU cores).
+
+Usage::
+
+    python tools/bench_all.py [--quick] [--reps N] [--warmup N] [--threads N] [--device cpu|cuda] [--json OUT] ...
+"""
+
+import sys
+
+from speechcl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "all", *sys.argv[1:]]))
