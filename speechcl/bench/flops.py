@@ -22,10 +22,16 @@ def _cpu_sdpa_backward(grad_out: Any, query: Any, key: Any, value: Any, *args: A
     return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+def _addmm_inplace(self: Any, mat1: Any, mat2: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    m, k = mat1
+    return 2 * m * k * mat2[1]
+
+
 def _extra_formulas() -> dict[Any, Callable[..., int]]:
-    """Formulas torch's counter lacks: its CPU flash-attention kernels (their GPU twins are counted)."""
+    """Formulas torch's counter lacks: its CPU flash-attention kernels (their GPU twins are counted) and the
+    in-place ``addmm_`` (the feature encoder accumulates GEMMs into its outputs and gradients)."""
     aten = torch.ops.aten
-    extra: dict[Any, Callable[..., int]] = {}
+    extra: dict[Any, Callable[..., int]] = {aten.addmm_: _addmm_inplace}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         extra[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_forward
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):

@@ -34,8 +34,27 @@ class PositionalConv(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
+def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout: float) -> Tensor:
+    """``softmax(q kᵀ / √d)`` with dropout on the weights, then ``· v``: what
+    ``F.scaled_dot_product_attention`` computes on CPU when dropout is on (it has no fused CPU kernel for
+    that and falls back to this composite), with the same operations and dropout draws — identical results
+    in float32 — but without that fallback's float32 copies of bfloat16 inputs and its check for fully
+    masked rows (callers guarantee every row has a key).
+
+    ``q, k, v [B, H, T, d]``; ``attn_mask [B, 1, 1, T]`` bool, True where a key may be attended.
+    """
+    scale = math.sqrt(1.0 / math.sqrt(q.shape[-1]))  # both q and k by √scale, as the fallback does
+    weights = (q * scale) @ (k.transpose(-2, -1) * scale)
+    if attn_mask is not None:
+        weights = weights.masked_fill(~attn_mask, float("-inf"))
+    return F.dropout(weights.softmax(-1), dropout, training=True) @ v
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v/out projections (fused kernel via SDPA)."""
+    """Multi-head self-attention with separate q/k/v/out projections (fused kernel via SDPA).
+
+    In training with attention dropout on CPU the weights go through :func:`attention_with_dropout`.
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -55,9 +74,11 @@ class SelfAttention(nn.Module):
             return y.view(b, t, h, d // h).transpose(1, 2)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout = self.dropout if self.training else 0.0
+        if dropout > 0 and x.device.type == "cpu" and (attn_mask is None or bool(attn_mask.any(-1).all())):
+            y = attention_with_dropout(q, k, v, attn_mask, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
 
 

@@ -67,6 +67,37 @@ def sample_negatives(
     return torch.cat(parts, dim=1)
 
 
+_SIMILARITY_BLOCK = 1 << 22
+"""Entries of the ``[rows, N]`` similarity block :func:`contrastive_logits` computes at a time."""
+_DENSE_MAX_ROWS = 8192
+"""Above this many masked steps (large GPU batches) the logits gather the ``[N, 1 + K, F]`` candidates
+instead: the dense product's ``N² F`` multiply-adds would outgrow the ``N (1 + K) F`` needed."""
+
+
+def _unit_rows(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """``x [N, F]`` over its row norms clamped at ``eps`` — ``F.cosine_similarity``'s normalisation, whose
+    clamp the gradient does not see."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clone()
+    with torch.no_grad():
+        norm.clamp_min_(eps)
+    return x / norm
+
+
+def identical_targets(targets: Tensor, negative_indices: Tensor) -> Tensor:
+    """``[N, K]`` bool, True where distractor ``targets[negative_indices[n, k]]`` equals ``targets[n]``
+    element for element (as ``==`` compares). Rows are first matched on an exact integer key — the sum of
+    their bit patterns, with ``-0.0`` made ``+0.0`` — and only pairs whose keys agree are compared in full,
+    so the ``[N, K, F]`` gather happens only for the (usually few) candidates."""
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[targets.element_size()]
+    with torch.no_grad():
+        key = (targets + 0.0).view(bits).sum(-1, dtype=torch.int64)  # [N]
+        maybe = key[negative_indices] == key[:, None]  # [N, K]
+        rows, cols = maybe.nonzero(as_tuple=True)
+        same = torch.zeros_like(maybe)
+        same[rows, cols] = (targets[negative_indices[rows, cols]] == targets[rows]).all(-1)
+    return same
+
+
 def contrastive_logits(preds: Tensor, targets: Tensor, negative_indices: Tensor, logit_temp: float) -> Tensor:
     """Cosine-similarity logits of each prediction against its target and distractors.
 
@@ -78,15 +109,26 @@ def contrastive_logits(preds: Tensor, targets: Tensor, negative_indices: Tensor,
     Returns:
         ``[N, 1 + K]`` float32 logits, column 0 the positive; a distractor whose vector equals the positive's
         gets ``-inf`` (fairseq), so identical codes never count as errors.
+
+    ``F.cosine_similarity`` on the ``[N, 1 + K, F]`` candidates, computed without them: rows normalised
+    once, then blocks of the ``[N, N]`` similarity matrix (a float32 GEMM, also under autocast) from which
+    each row's ``1 + K`` entries are gathered.
     """
     if preds.shape != targets.shape or preds.dim() != 2:
         raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} must both be [N, F]")
     if negative_indices.shape[0] != preds.shape[0]:
         raise ValueError(f"negative_indices has {negative_indices.shape[0]} rows, expected {preds.shape[0]}")
-    negs = targets[negative_indices]  # [N, K, F]
-    neg_is_pos = (negs == targets[:, None, :]).all(-1)  # [N, K]
-    cands = torch.cat([targets[:, None, :], negs], dim=1).float()  # [N, 1+K, F]
-    logits = F.cosine_similarity(preds.float()[:, None, :], cands, dim=-1) / logit_temp
+    n = preds.shape[0]
+    neg_is_pos = identical_targets(targets, negative_indices)
+    columns = torch.cat([torch.arange(n, device=preds.device)[:, None], negative_indices], dim=1)  # [N, 1+K]
+    with torch.autocast(preds.device.type, enabled=False):
+        p, t = _unit_rows(preds.float()), _unit_rows(targets.float())
+        if n > _DENSE_MAX_ROWS:  # the [N, N] product would cost N / (1 + K) times the needed work
+            logits = torch.einsum("nf,nkf->nk", p, t[columns]) / logit_temp
+        else:
+            step = max(1, _SIMILARITY_BLOCK // max(n, 1))
+            blocks = [(p[i:i + step] @ t.t()).gather(1, columns[i:i + step]) for i in range(0, n, step)]
+            logits = (torch.cat(blocks) if blocks else p.new_zeros(0, columns.shape[1])) / logit_temp
     neg_logits = logits[:, 1:].masked_fill(neg_is_pos, float("-inf"))
     return torch.cat([logits[:, :1], neg_logits], dim=1)
 

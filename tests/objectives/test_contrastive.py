@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from speechcl.models.config import preset
 from speechcl.models.masking import compute_span_mask
 from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechcl.objectives import contrastive_logits, sample_negatives, wav2vec2_loss
+from speechcl.objectives.contrastive import identical_targets
 
 
 def test_negatives_never_self_and_same_utterance_masked_only():
@@ -62,3 +64,50 @@ def test_loss_at_random_init_is_about_chance():
     assert loss.sample_size == int(out.mask_indices.sum())
     assert 0.0 <= loss.accuracy <= 1.0
     assert 1.0 <= loss.code_perplexity <= cfg.latent_groups * cfg.latent_vars
+
+
+def direct_logits(preds, targets, neg, temp):
+    """The definition: cosine similarity against the gathered [N, 1 + K, F] candidates."""
+    negs = targets[neg]
+    cands = torch.cat([targets[:, None, :], negs], dim=1)
+    logits = torch.cosine_similarity(preds[:, None, :], cands, dim=-1) / temp
+    same = (negs == targets[:, None, :]).all(-1)
+    return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
+
+
+@pytest.mark.parametrize("dense_max_rows", [8192, 10], ids=["dense", "gathered"])
+def test_contrastive_logits_equal_definition(monkeypatch, dense_max_rows):
+    import speechcl.objectives.contrastive as contrastive
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[:, 5:30] = True
+    neg = sample_negatives(mask, 10, 2, generator=g)
+    preds, targets = torch.randn(75, 16, generator=g), torch.randn(75, 16, generator=g)
+    targets[3] = targets[neg[3, 0]]  # identical distractors (same code) ...
+    targets[neg[9, 4]] = targets[9]
+    targets[20, 0], targets[neg[20, 1]] = -0.0, targets[20]  # ... also when one holds -0.0 and the other +0.0
+    targets[neg[20, 1], 0] = 0.0
+    monkeypatch.setattr(contrastive, "_SIMILARITY_BLOCK", 75 * 7)  # several row blocks
+    monkeypatch.setattr(contrastive, "_DENSE_MAX_ROWS", dense_max_rows)  # 10: the large-batch path
+    results = []
+    for fn in (direct_logits, contrastive_logits):
+        p, t = preds.clone().requires_grad_(), targets.clone().requires_grad_()
+        logits = fn(p, t, neg, 0.1)
+        identical = torch.isinf(logits)
+        logits.masked_fill(identical, 0).sum().backward()
+        results.append((logits.detach(), identical, p.grad, t.grad))
+    (ref, ref_identical, ref_gp, ref_gt), (got, identical, gp, gt) = results
+    assert torch.equal(identical, ref_identical)
+    assert bool(identical[3, 1] and identical[9, 5] and identical[20, 2])
+    torch.testing.assert_close(got.masked_fill(identical, 0), ref.masked_fill(identical, 0))
+    torch.testing.assert_close(gp, ref_gp)
+    torch.testing.assert_close(gt, ref_gt)
+
+
+def test_identical_targets_compares_values_like_eq():
+    targets = torch.tensor([[1.0, -0.0], [1.0, 0.0], [float("nan"), 1.0], [float("nan"), 1.0], [2.0, 0.0]])
+    neg = torch.tensor([[1, 4], [0, 4], [3, 0], [2, 1], [0, 1]])
+    expected = (targets[neg] == targets[:, None, :]).all(-1)
+    assert torch.equal(identical_targets(targets, neg), expected)
+    assert expected[0, 0] and not expected[2, 0]
