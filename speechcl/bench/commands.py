@@ -20,6 +20,7 @@ for bad arguments (or transformers missing).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -51,21 +52,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                      "random batch: speechcl fp32 and bf16 vs transformers fp32.")
     _common(pre)
     _pretrain_options(pre)
-    pre.set_defaults(func=run_pretrain)
+    pre.set_defaults(func=run_benchmark)
 
     inf = sub.add_parser("inference", help="extract_features vs Wav2Vec2Model(output_hidden_states=True)",
                          description="All hidden states of equal-length utterances: speechcl fp32 and bf16 vs "
                                      "transformers fp32, and the bf16 output's cosine similarity to fp32.")
     _common(inf)
     _inference_options(inf)
-    inf.set_defaults(func=run_inference)
+    inf.set_defaults(func=run_benchmark)
 
     ext = sub.add_parser("extract", help="`speechcl extract` vs a plain transformers loop, whole processes",
                          description="Files per second over a generated directory of mixed-length .wav files, "
                                      "start-up included, same model files, layer and threads.")
     _common(ext)
     _extract_options(ext)
-    ext.set_defaults(func=run_extract)
+    ext.set_defaults(func=run_benchmark)
 
     every = sub.add_parser("all", help="the three benchmarks and a PASS/MISS table against the targets",
                            description="pretrain, inference and extract with a budget that fits about 10 minutes "
@@ -192,63 +193,45 @@ def _run(args: argparse.Namespace, body: Callable[[], dict[str, Any]]) -> int:
     return 0
 
 
-def _with_summary(result: dict[str, Any], key: str) -> dict[str, Any]:
-    from speechcl.bench.report import format_summary, summarize
+# Per benchmark: module, its run/format functions, its config builder and its budget inside `all`.
+_BENCHMARKS: dict[str, tuple[str, str, str, Callable[..., Any], dict[str, tuple[Any, Any]]]] = {
+    "pretrain": ("speechcl.bench.pretrain", "run_pretrain_bench", "format_pretrain", _pretrain_config, ALL_PRETRAIN),
+    "inference": ("speechcl.bench.inference", "run_inference_bench", "format_inference", _inference_config,
+                  ALL_INFERENCE),
+    "extract": ("speechcl.bench.extraction", "run_extract_bench", "format_extract", _extract_config, ALL_EXTRACT),
+}
 
-    rows = summarize({key: result})
-    table = format_summary(rows, only_measured=True)
-    if table:
-        print(table)
-    return result | {"summary": [r for r in rows if r["status"] != "n/a"]}
+
+def _measure(args: argparse.Namespace, name: str, budget: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """Run benchmark ``name`` with the options in ``args`` (defaults from ``budget`` first) and print it."""
+    module_name, run_name, format_name, build_config, _ = _BENCHMARKS[name]
+    module = importlib.import_module(module_name)
+    result = getattr(module, run_name)(build_config(args, budget), _progress)
+    print(getattr(module, format_name)(result), flush=True)
+    return result
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
+def run_benchmark(args: argparse.Namespace) -> int:
+    """``bench pretrain|inference|extract``: one benchmark, then its rows of the targets table."""
     def body() -> dict[str, Any]:
-        from speechcl.bench.pretrain import format_pretrain, run_pretrain_bench
+        from speechcl.bench.report import format_summary, summarize
 
-        result = run_pretrain_bench(_pretrain_config(args, {}), _progress)
-        print(format_pretrain(result))
-        return _with_summary(result, "pretrain")
-
-    return _run(args, body)
-
-
-def run_inference(args: argparse.Namespace) -> int:
-    def body() -> dict[str, Any]:
-        from speechcl.bench.inference import format_inference, run_inference_bench
-
-        result = run_inference_bench(_inference_config(args, {}), _progress)
-        print(format_inference(result))
-        return _with_summary(result, "inference")
-
-    return _run(args, body)
-
-
-def run_extract(args: argparse.Namespace) -> int:
-    def body() -> dict[str, Any]:
-        from speechcl.bench.extraction import format_extract, run_extract_bench
-
-        result = run_extract_bench(_extract_config(args, {}), _progress)
-        print(format_extract(result))
-        return _with_summary(result, "extract")
+        result = _measure(args, args.benchmark, {})
+        rows = summarize({args.benchmark: result})
+        table = format_summary(rows, only_measured=True)
+        if table:
+            print(table)
+        return result | {"summary": [r for r in rows if r["status"] != "n/a"]}
 
     return _run(args, body)
 
 
 def run_all(args: argparse.Namespace) -> int:
+    """``bench all``: every benchmark at its ``all`` budget, then the whole targets table."""
     def body() -> dict[str, Any]:
-        from speechcl.bench.extraction import format_extract, run_extract_bench
-        from speechcl.bench.inference import format_inference, run_inference_bench
-        from speechcl.bench.pretrain import format_pretrain, run_pretrain_bench
         from speechcl.bench.report import format_summary, summarize
 
-        results: dict[str, Any] = {}
-        results["pretrain"] = run_pretrain_bench(_pretrain_config(args, ALL_PRETRAIN), _progress)
-        print(format_pretrain(results["pretrain"]), flush=True)
-        results["inference"] = run_inference_bench(_inference_config(args, ALL_INFERENCE), _progress)
-        print(format_inference(results["inference"]), flush=True)
-        results["extract"] = run_extract_bench(_extract_config(args, ALL_EXTRACT), _progress)
-        print(format_extract(results["extract"]), flush=True)
+        results = {name: _measure(args, name, spec[4]) for name, spec in _BENCHMARKS.items()}
         rows = summarize(results)
         print()
         print(format_summary(rows))
