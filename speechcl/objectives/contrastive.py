@@ -150,7 +150,7 @@ class ContrastiveLoss:
     @property
     def loss_bits(self) -> float:
         """Contrastive loss per masked step in bits (chance = log2(K + 1))."""
-        return float(self.contrastive) / max(self.sample_size, 1) / math.log(2)
+        return float(self.contrastive.detach()) / max(self.sample_size, 1) / math.log(2)
 
     @property
     def accuracy(self) -> float:
