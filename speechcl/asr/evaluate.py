@@ -7,9 +7,9 @@ directory, each file atomically:
 - ``result.NAME.json``: WER, CER, their counts, the decoding settings and the timing.
 
 Utterances are decoded longest first in padded batches (``batch_size`` items and at most
-``max_tokens`` padded samples each); models with a group-norm feature encoder, whose outputs change
-with padding, are run one utterance at a time. Audio shorter than one frame decodes to an empty
-hypothesis. Finished batches are appended to
+``max_tokens`` padded samples each); padding leaves each utterance's logits as they are alone (group
+norms included, see :mod:`speechcl.models.feature_encoder`). Audio shorter than one frame decodes to an
+empty hypothesis. Finished batches are appended to
 ``.hyp.NAME.partial.jsonl``, so an interrupted run resumes where it stopped (when the model, manifest
 and decoding settings are the same) and the file is removed once the results are written.
 """
@@ -116,9 +116,8 @@ def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest,
     done = _partial_records(partial, fingerprint)
     if not done:
         partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
-    per_batch = batch_size if recognizer.pads_exactly else 1
     todo = [i for i in range(len(manifest)) if i not in done]
-    batches = make_batches([manifest.sizes[i] for i in todo], per_batch, max_tokens)
+    batches = make_batches([manifest.sizes[i] for i in todo], batch_size, max_tokens)
     start = time.perf_counter()
     with open(partial, "a", encoding="utf-8") as log, tqdm(
         total=len(manifest), initial=len(done), desc=f"decode {split}", unit="utt", disable=not progress,

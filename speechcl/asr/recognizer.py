@@ -115,14 +115,6 @@ class Recognizer:
         return next(self.model.parameters()).device
 
     @property
-    def pads_exactly(self) -> bool:
-        """True when padding a batch leaves each row's logits unchanged (layer-norm feature encoder).
-
-        Group-norm encoders normalise over time, padding included, so their rows are run one by one.
-        """
-        return self.model.cfg.extractor_mode == "layer_norm"
-
-    @property
     def frame_seconds(self) -> float:
         """Seconds between frames (the product of the conv strides at 16 kHz; 0.02 for wav2vec 2.0)."""
         return self.hop / SAMPLE_RATE

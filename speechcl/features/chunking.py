@@ -98,12 +98,11 @@ def plan_chunks(num_samples: int, conv_layers: Sequence[ConvSpec], chunk_samples
     ]
 
 
-def batch_by_budget(lengths: Sequence[int], max_tokens: int, equal_length_only: bool = False) -> list[list[int]]:
+def batch_by_budget(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group indices into batches whose padded size ``len(batch) * max(length)`` stays ``<= max_tokens``.
 
     Longest first (ties by index), neighbours together so little is padded; an item longer than the budget
-    forms a batch of its own. ``equal_length_only`` puts only items of identical length together (for
-    group-norm feature encoders, whose output depends on padding).
+    forms a batch of its own.
     """
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
@@ -113,8 +112,7 @@ def batch_by_budget(lengths: Sequence[int], max_tokens: int, equal_length_only: 
     for index in order:
         if batch:
             longest = lengths[batch[0]]
-            fits = (len(batch) + 1) * longest <= max_tokens
-            if not fits or (equal_length_only and lengths[index] != longest):
+            if (len(batch) + 1) * longest > max_tokens:
                 batches.append(batch)
                 batch = []
         batch.append(index)

@@ -7,7 +7,7 @@
    ``extract_config.json`` in the output directory records the settings, and a rerun with different
    settings is refused unless ``overwrite``;
 3. lengths come from the manifest or the file headers; files are grouped longest-first into batches under
-   ``max_tokens`` samples (group-norm models: equal lengths only) and decoded, mixed down and resampled to
+   ``max_tokens`` samples (padding does not change any file's features) and decoded, mixed down and resampled to
    16 kHz by DataLoader workers while the model runs;
 4. features (:class:`~speechcl.features.extractor.FeatureExtractor`) go to the writer as soon as a batch is
    done; unreadable or too-short inputs are reported and skipped, and listed in ``failed<tag>.tsv``.
@@ -218,8 +218,7 @@ def _file_batches(extractor: FeatureExtractor, sizes: Sequence[int]) -> list[lis
     chunked = [i for i, n in enumerate(sizes) if extractor.chunk_samples is not None and n > extractor.chunk_samples]
     whole = [i for i, n in enumerate(sizes) if i not in set(chunked)]
     batches = [[i] for i in sorted(chunked, key=lambda i: -sizes[i])]
-    grouped = batch_by_budget([sizes[i] for i in whole], extractor.max_tokens,
-                              equal_length_only=not extractor.padding_invariant)
+    grouped = batch_by_budget([sizes[i] for i in whole], extractor.max_tokens)
     return batches + [[whole[j] for j in batch] for batch in grouped]
 
 

@@ -10,10 +10,9 @@
 - only the transformer layers the selection needs are run (``--layers 6`` of a 12-layer model runs 6);
 - long audio is cut into overlapping chunks and stitched (:mod:`speechcl.features.chunking`); the frame
   count always equals the whole-file formula;
-- several waveforms are batched longest-first under a sample budget. For layer-norm feature encoders the
-  padding mask makes batched output equal one-by-one output (to float rounding). Group-norm encoders
-  (BASE) normalise over time, so padding would change their output: they only batch items of identical
-  length, and everything else runs one by one.
+- several waveforms are batched longest-first under a sample budget; the padding mask makes batched output
+  equal one-by-one output (to float rounding), for group-norm feature encoders (BASE) too, whose
+  statistics over time skip each row's padding (:mod:`speechcl.models.feature_encoder`).
 """
 
 from __future__ import annotations
@@ -141,8 +140,6 @@ class FeatureExtractor:
         self.max_tokens = int(max_tokens)
         self.normalize = normalize
         self.hop, self.receptive_field = conv_geometry(self.cfg.conv_layers)
-        # GroupNorm over time: outputs depend on padding, so only equal lengths share a batch.
-        self.padding_invariant = self.cfg.extractor_mode == "layer_norm"
         if self.chunk_samples is not None:  # fail early on an impossible chunk / overlap pair
             plan_chunks(3 * self.chunk_samples, self.cfg.conv_layers, self.chunk_samples, self.overlap_samples)
 
@@ -183,7 +180,7 @@ class FeatureExtractor:
         pieces = [_Piece(i, c) for i, w in enumerate(waves) for c in self.plan(w.shape[0])]
         outputs = [self._empty(sum(c.keep_to - c.keep_from for c in self.plan(w.shape[0]))) for w in waves]
         lengths = [p.chunk.num_samples for p in pieces]
-        for batch in batch_by_budget(lengths, self.max_tokens, equal_length_only=not self.padding_invariant):
+        for batch in batch_by_budget(lengths, self.max_tokens):
             chosen = [pieces[j] for j in batch]
             feats = self._forward([waves[p.item][p.chunk.start:p.chunk.end] for p in chosen])
             for p, f in zip(chosen, feats, strict=True):

@@ -19,6 +19,11 @@ norms' names and layouts, and the function is ``nn.Conv1d`` → norm → GELU pe
 - **Norms in float32** (fairseq's ``Fp32GroupNorm``/``Fp32LayerNorm``): the group norm's per-channel
   statistics over time are two-pass sums over slices of ``_SLICE_FRAMES`` frames, so no float32 copy of
   a whole bfloat16 activation is made.
+- **Padded batches.** Given each row's sample count, the group norm takes its statistics over that row's
+  valid frames only (the frames its own samples produce). Every valid output frame depends only on valid
+  frames of the layers below, so a padded row's valid output equals the row run alone (to float rounding),
+  which plain ``GroupNorm`` over the padded length does not give. Padded frames are normalised with the
+  row's statistics and receive the exact gradient of that function.
 - **Training memory.** With gradients the stack runs as one autograd function (:class:`_ConvStack`) that
   keeps only each layer's convolution output and recomputes norm and GELU in backward (element-wise, cheap
   next to the GEMMs): one saved tensor per layer instead of three (the convolution's input, the norm's
@@ -167,9 +172,13 @@ def conv_channels_last_input_grad(grad: Tensor, weight: Tensor, stride: int, len
 # --- norm and activation -------------------------------------------------------------------------------
 
 
-def _time_moments(y: Tensor) -> tuple[Tensor, Tensor]:
+def _time_moments(y: Tensor, valid: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
     """Per-channel mean and (biased) variance over time of ``y [B, T, C]``: float32 ``[B, 1, C]`` each,
-    two passes over slices of time."""
+    two passes over slices of time. With ``valid`` (frames per row), row ``b`` uses its first
+    ``valid[b]`` frames (at least one)."""
+    if valid is not None:
+        moments = [_time_moments(y[b:b + 1, :max(n, 1)]) for b, n in enumerate(valid)]
+        return torch.cat([m for m, _ in moments]), torch.cat([v for _, v in moments])
     total = y.new_zeros(y.shape[0], 1, y.shape[2], dtype=torch.float32)
     for part in y.split(_SLICE_FRAMES, 1):
         total += part.sum(1, keepdim=True, dtype=torch.float32)
@@ -181,12 +190,13 @@ def _time_moments(y: Tensor) -> tuple[Tensor, Tensor]:
     return mean, squares / y.shape[1]
 
 
-def _group_norm(y: Tensor, weight: Tensor, bias: Tensor, eps: float, out: Tensor | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def _group_norm(y: Tensor, weight: Tensor, bias: Tensor, eps: float, out: Tensor | None = None,
+                valid: Sequence[int] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``GroupNorm(C, C)`` of channels-last ``y [B, T, C]`` (each channel over time), computed in float32
     and written in ``y``'s dtype to ``out`` (a new tensor if None; ``y`` itself works); also
-    ``(mean, rstd)``, float32 ``[B, 1, C]``."""
-    mean, var = _time_moments(y)
+    ``(mean, rstd)``, float32 ``[B, 1, C]``. With ``valid`` (frames per row) the statistics cover each
+    row's valid frames only; all frames are normalised with them."""
+    mean, var = _time_moments(y, valid)
     rstd = (var + eps).rsqrt_()
     scale = rstd * weight
     shift = bias - mean * scale
@@ -198,11 +208,11 @@ def _group_norm(y: Tensor, weight: Tensor, bias: Tensor, eps: float, out: Tensor
     return out, (mean, rstd)
 
 
-def _group_norm_backward(grad: Tensor, y: Tensor, stats: tuple[Tensor, Tensor], weight: Tensor
-                         ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of :func:`_group_norm` for ``grad [B, T, C]``, which is overwritten with the input's."""
+def _group_norm_backward(grad: Tensor, y: Tensor, stats: tuple[Tensor, Tensor], weight: Tensor,
+                         valid: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`_group_norm` (same ``valid``) for ``grad [B, T, C]``, which is overwritten with
+    the input's."""
     mean, rstd = stats
-    frames = y.shape[1]
     sum_g = torch.zeros_like(mean)  # Σ_t g
     sum_gy = torch.zeros_like(mean)  # Σ_t g · (y - mean)
     for g, x in zip(grad.split(_SLICE_FRAMES, 1), y.split(_SLICE_FRAMES, 1)):
@@ -211,13 +221,31 @@ def _group_norm_backward(grad: Tensor, y: Tensor, stats: tuple[Tensor, Tensor], 
         sum_gy += (x.to(torch.float32, copy=True).sub_(mean).mul_(g)).sum(1, keepdim=True)
     grad_weight = (sum_gy * rstd).sum((0, 1))
     grad_bias = sum_g.sum((0, 1))
-    # dy = rstd·w·(g - mean_t(g) - ŷ·mean_t(g·ŷ)) = a·g + b·y + c per (batch, channel)
+    # dy = rstd·w·(g - Σ_t g / n - ŷ·Σ_t g·ŷ / n) = a·g + b·y + c per (batch, channel) at the n frames the
+    # statistics cover (sums over all frames: every output uses the statistics); a·g at the others.
     a = rstd * weight
+    if valid is None:
+        frames: Tensor | int = y.shape[1]
+    else:
+        frames = torch.tensor([max(n, 1) for n in valid], dtype=torch.float32, device=y.device).view(-1, 1, 1)
     b = -a * rstd.square() * sum_gy / frames
     c = -a * sum_g / frames - b * mean
+    if valid is None:
+        _affine_grad(grad, y, a, b, c)
+        return grad, grad_weight, grad_bias
+    for i, n in enumerate(valid):
+        row = slice(i, i + 1)
+        _affine_grad(grad[row, :n], y[row, :n], a[row], b[row], c[row])
+        tail = grad[row, n:]
+        if tail.shape[1]:
+            tail.copy_(tail.to(torch.float32) * a[row])
+    return grad, grad_weight, grad_bias
+
+
+def _affine_grad(grad: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor) -> None:
+    """``grad ← a·grad + b·y + c`` in float32, slice by slice (``a, b, c`` broadcast as ``[B, 1, C]``)."""
     for g, x in zip(grad.split(_SLICE_FRAMES, 1), y.split(_SLICE_FRAMES, 1)):
         g.copy_(torch.addcmul(c, x.to(torch.float32), b).addcmul_(g.to(torch.float32), a))
-    return grad, grad_weight, grad_bias
 
 
 def _layer_norm_backward(grad: Tensor, y: Tensor, stats: tuple[Tensor, Tensor], norm: nn.LayerNorm
@@ -244,11 +272,12 @@ class _Activation:
         self.kind = block.norm_kind
         self.norm = block.norm
 
-    def normalize(self, y: Tensor, inplace: bool = False) -> tuple[Tensor, object]:
+    def normalize(self, y: Tensor, inplace: bool = False, valid: Sequence[int] | None = None
+                  ) -> tuple[Tensor, object]:
         """``(norm(y), what backward needs)``; ``y`` itself when there is no norm. ``inplace`` lets the
-        group norm overwrite ``y``."""
+        group norm overwrite ``y``; ``valid`` (frames per row) limits its statistics."""
         if self.kind == "group":
-            return _group_norm(y, self.norm.weight, self.norm.bias, self.norm.eps, y if inplace else None)
+            return _group_norm(y, self.norm.weight, self.norm.bias, self.norm.eps, y if inplace else None, valid)
         if self.kind == "layer":
             # The CPU kernel computes a reduced-precision input in float32 itself; elsewhere it is upcast.
             native = y.dtype == torch.float32 or y.device.type == "cpu"
@@ -257,20 +286,20 @@ class _Activation:
             return out.to(y.dtype), (mean, rstd)
         return y, None
 
-    def forward(self, y: Tensor, keep_input: bool) -> Tensor:
+    def forward(self, y: Tensor, keep_input: bool, valid: Sequence[int] | None = None) -> Tensor:
         """``GELU(norm(y))``; overwrites ``y`` unless ``keep_input``."""
-        u, _ = self.normalize(y, inplace=not keep_input)
+        u, _ = self.normalize(y, inplace=not keep_input, valid=valid)
         if u is y and keep_input:
             return F.gelu(y)
         return torch.ops.aten.gelu_(u)
 
-    def backward(self, grad: Tensor, y: Tensor, u: Tensor, stats: object
+    def backward(self, grad: Tensor, y: Tensor, u: Tensor, stats: object, valid: Sequence[int] | None = None
                  ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Gradient for ``y`` from ``grad`` (for the GELU output, overwritten) and the recomputed
-        ``u, stats = normalize(y)``; also the norm weight's and bias's gradients."""
+        ``u, stats = normalize(y, valid=valid)``; also the norm weight's and bias's gradients."""
         grad = torch.ops.aten.gelu_backward.grad_input(grad, u, grad_input=grad)
         if self.kind == "group":
-            return _group_norm_backward(grad, y, stats, self.norm.weight)  # type: ignore[arg-type]
+            return _group_norm_backward(grad, y, stats, self.norm.weight, valid)  # type: ignore[arg-type]
         if self.kind == "layer":
             return _layer_norm_backward(grad, y, stats, self.norm)  # type: ignore[arg-type]
         return grad, None, None
@@ -331,21 +360,39 @@ def _without_autocast(x: Tensor) -> contextlib.AbstractContextManager:
     return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
 
 
-def conv_stack(x: Tensor, blocks: Sequence[ConvBlock]) -> Tensor:
+def _valid_frames(lengths: Sequence[int] | None, length: int, blocks: Sequence[ConvBlock]
+                  ) -> tuple[tuple[int, ...] | None, ...]:
+    """Per block, each row's valid output frames for ``lengths`` valid input steps of ``length``; None for a
+    block whose rows are all valid (or when ``lengths`` is None)."""
+    out: list[tuple[int, ...] | None] = []
+    rows = None if lengths is None else [min(int(n), length) for n in lengths]
+    for block in blocks:
+        length = (length - block.kernel) // block.stride + 1
+        if rows is not None:
+            rows = [max((n - block.kernel) // block.stride + 1, 0) for n in rows]
+            if all(n >= length for n in rows):
+                rows = None
+        out.append(None if rows is None else tuple(rows))
+    return tuple(out)
+
+
+def conv_stack(x: Tensor, blocks: Sequence[ConvBlock], lengths: Sequence[int] | None = None) -> Tensor:
     """Run ``blocks`` on ``x [B, S, C_in]`` → ``[B, T, C_out]`` (in the autocast type under autocast).
 
-    With gradients this is :class:`_ConvStack` (saves one tensor per block); otherwise a plain forward that
-    works in place.
+    ``lengths``: valid input steps per row (right padding); group norms then take their statistics over
+    each row's valid frames only (module docstring). With gradients this is :class:`_ConvStack` (saves
+    one tensor per block); otherwise a plain forward that works in place.
     """
     dtype = _compute_dtype(x)
     params = _params(blocks)
+    valid = _valid_frames(lengths, x.shape[1], blocks)
     if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
-        return _ConvStack.apply(x, tuple(blocks), dtype, *params)
+        return _ConvStack.apply(x, tuple(blocks), dtype, valid, *params)
     with torch.no_grad(), _without_autocast(x):
         h = x.to(dtype).contiguous()
-        for block in blocks:
+        for block, rows in zip(blocks, valid):
             y = conv_channels_last(h, block.conv.weight, block.conv.bias, block.stride)
-            h = _Activation(block).forward(y, keep_input=False)
+            h = _Activation(block).forward(y, keep_input=False, valid=rows)
         return h
 
 
@@ -355,15 +402,15 @@ class _ConvStack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, blocks: tuple[ConvBlock, ...], dtype: torch.dtype,  # type: ignore[override]
-                *params: Tensor | None) -> Tensor:
-        ctx.blocks, ctx.dtype = blocks, dtype
+                valid: tuple[tuple[int, ...] | None, ...], *params: Tensor | None) -> Tensor:
+        ctx.blocks, ctx.dtype, ctx.valid = blocks, dtype, valid
         with _without_autocast(x):
             h = x.to(dtype).contiguous()
             ys = []
-            for block in blocks:
+            for block, rows in zip(blocks, valid):
                 y = conv_channels_last(h, block.conv.weight, block.conv.bias, block.stride)
                 ys.append(y)
-                h = _Activation(block).forward(y, keep_input=True)
+                h = _Activation(block).forward(y, keep_input=True, valid=rows)
         # The parameters too, so that autograd's version check catches them being changed before backward.
         ctx.save_for_backward(x, *ys, *(p for p in params if p is not None))
         return h
@@ -373,19 +420,19 @@ class _ConvStack(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         blocks: tuple[ConvBlock, ...] = ctx.blocks
         x, *ys = ctx.saved_tensors[: len(blocks) + 1]
-        dtype = ctx.dtype
-        needs = ctx.needs_input_grad[3:]  # four parameters per block, as _params lists them
+        dtype, valid = ctx.dtype, ctx.valid
+        needs = ctx.needs_input_grad[4:]  # four parameters per block, as _params lists them
         grads: list[Tensor | None] = [None] * len(needs)
         grad_x = None
         with _without_autocast(x):
             # A copy: the activation backward overwrites it, and the caller's may be shared.
             grad = grad.to(dtype, memory_format=torch.contiguous_format, copy=True)
-            u, stats = _Activation(blocks[-1]).normalize(ys[-1])
+            u, stats = _Activation(blocks[-1]).normalize(ys[-1], valid=valid[-1])
             for i in range(len(blocks) - 1, -1, -1):
                 block = blocks[i]
-                grad, grads[4 * i + 2], grads[4 * i + 3] = _Activation(block).backward(grad, ys[i], u, stats)
+                grad, grads[4 * i + 2], grads[4 * i + 3] = _Activation(block).backward(grad, ys[i], u, stats, valid[i])
                 if i > 0:  # the block's input GELU(norm(y_{i-1})), recomputed; norm(y_{i-1}) is kept for later
-                    u, stats = _Activation(blocks[i - 1]).normalize(ys[i - 1])
+                    u, stats = _Activation(blocks[i - 1]).normalize(ys[i - 1], valid=valid[i - 1])
                     h = F.gelu(u)
                 else:
                     h = x.to(dtype).contiguous()
@@ -403,7 +450,7 @@ class _ConvStack(torch.autograd.Function):
                 grad_x = grad.to(x.dtype)
         params = _params(blocks)
         grads = [None if g is None else g.to(p.dtype) for g, p in zip(grads, params)]  # type: ignore[union-attr]
-        return (grad_x, None, None, *grads)
+        return (grad_x, None, None, None, *grads)
 
 
 class FeatureEncoder(nn.Module):
@@ -450,8 +497,12 @@ class FeatureEncoder(nn.Module):
     def output_lengths(self, lengths: Tensor) -> Tensor:
         return conv_output_lengths(lengths, self.conv_layers)
 
-    def forward(self, wav: Tensor) -> Tensor:
-        """``wav [B, S]`` float waveform → features ``[B, T, C]`` (channels last)."""
+    def forward(self, wav: Tensor, lengths: Tensor | Sequence[int] | None = None) -> Tensor:
+        """``wav [B, S]`` float waveform → features ``[B, T, C]`` (channels last).
+
+        ``lengths [B]``: valid samples per row of a right-padded batch; the group norm's statistics then
+        skip each row's padding, so a row's valid frames come out as if it ran alone.
+        """
         if wav.dim() != 2:
             raise ValueError(f"expected a waveform batch of shape [batch, samples], got {tuple(wav.shape)}")
         if wav.shape[1] < self.receptive_field:
@@ -459,4 +510,8 @@ class FeatureEncoder(nn.Module):
                 f"input of {wav.shape[1]} samples is shorter than the encoder's receptive field "
                 f"({self.receptive_field} samples); pad or drop utterances this short"
             )
-        return conv_stack(wav.unsqueeze(-1), list(self.layers))
+        if lengths is not None:
+            lengths = [int(n) for n in lengths]
+            if len(lengths) != wav.shape[0]:
+                raise ValueError(f"got {len(lengths)} lengths for a batch of {wav.shape[0]} waveforms")
+        return conv_stack(wav.unsqueeze(-1), list(self.layers), lengths)

@@ -108,13 +108,15 @@ class Wav2Vec2Encoder(nn.Module):
         if padding_mask is not None and padding_mask.shape != wav.shape:
             raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} != wav shape {tuple(wav.shape)}")
         cfg = self.cfg
+        # Valid samples per row: the group norm's statistics skip padding (a row comes out as if alone).
+        sample_lengths = None if padding_mask is None else (~padding_mask).sum(1).tolist()
         if self.feature_grad_mult > 0:
-            feats = self.feature_extractor(wav)
+            feats = self.feature_extractor(wav, sample_lengths)
             if self.feature_grad_mult != 1.0:
                 feats = GradMultiply.apply(feats, self.feature_grad_mult)
         else:
             with torch.no_grad():
-                feats = self.feature_extractor(wav)
+                feats = self.feature_extractor(wav, sample_lengths)
         features_pen = feats.float().pow(2).mean()
         feats = self.layer_norm(feats)  # [B, T, C]
         b, t, _ = feats.shape

@@ -142,3 +142,67 @@ def test_encoder_under_bf16_autocast_close_to_float32():
     low.float().square().sum().backward()
     assert rel(low.float(), ref.detach()) < 3e-2
     assert rel(enc.layers[1].conv.weight.grad, ref_grad) < 5e-2
+
+
+def masked_reference_features(encoder: FeatureEncoder, wav: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The textbook computation with the group norm's statistics over each row's valid frames only."""
+    x = wav[:, None, :]
+    valid = torch.tensor(lengths)
+    for block in encoder.layers:
+        x = F.conv1d(x, block.conv.weight, block.conv.bias, stride=block.stride)
+        valid = (valid - block.kernel) // block.stride + 1
+        if block.norm_kind == "group":
+            keep = (torch.arange(x.shape[2])[None, :] < valid[:, None])[:, None, :].to(x.dtype)  # [B, 1, T]
+            n = valid.to(x.dtype)[:, None, None]
+            mean = (x * keep).sum(2, keepdim=True) / n
+            var = ((x - mean).square() * keep).sum(2, keepdim=True) / n
+            x = (x - mean) * (var + block.norm.eps).rsqrt() * block.norm.weight[:, None] + block.norm.bias[:, None]
+        elif block.norm_kind == "layer":
+            x = F.layer_norm(x.transpose(1, 2), block.norm.normalized_shape, block.norm.weight, block.norm.bias,
+                             block.norm.eps).transpose(1, 2)
+        x = F.gelu(x)
+    return x.transpose(1, 2)
+
+
+@pytest.mark.parametrize("mode", ["group_norm", "layer_norm"])
+def test_padded_batch_rows_equal_rows_alone(mode):
+    """With lengths, each row's valid frames equal the row run alone; values and all gradients (padded
+    frames included) equal the textbook masked group norm."""
+    torch.manual_seed(0)
+    enc = FeatureEncoder(((32, 10, 5), (32, 3, 2), (32, 2, 2)), mode, mode == "layer_norm")
+    randomise_affine(enc, 4)
+    lengths = [6000, 3217, 6000, 1400]
+    wav = torch.randn(4, 6000) + 0.3
+    for i, n in enumerate(lengths):
+        wav[i, n:] = 0.0
+    frames = enc.output_lengths(torch.tensor(lengths)).tolist()
+    with torch.no_grad():
+        batched = enc(wav, lengths)
+        for i, n in enumerate(lengths):
+            alone = enc(wav[i:i + 1, :n])
+            assert rel(batched[i:i + 1, :frames[i]], alone) < 1e-5, i
+    results = []
+    for fn in (masked_reference_features, FeatureEncoder.forward):
+        enc.zero_grad()
+        w = wav.clone().requires_grad_()
+        out = fn(enc, w, lengths)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(5)))
+        results.append((out.detach(), {k: p.grad.clone() for k, p in enc.named_parameters()}, w.grad))
+    (ref, ref_grads, ref_wav), (got, got_grads, got_wav) = results
+    assert rel(got, ref) < 1e-5
+    for k in ref_grads:
+        assert rel(got_grads[k], ref_grads[k]) < 1e-4, k
+    assert rel(got_wav, ref_wav) < 1e-4
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        low = enc(wav, lengths)
+    assert rel(low.float(), ref) < 3e-2
+
+
+def test_lengths_of_a_full_batch_change_nothing():
+    torch.manual_seed(0)
+    enc = FeatureEncoder(((16, 10, 5), (16, 3, 2)), "group_norm", False)
+    wav = torch.randn(2, 3000)
+    with torch.no_grad():
+        assert torch.equal(enc(wav, [3000, 3000]), enc(wav))
+    with pytest.raises(ValueError, match="3 lengths for a batch of 2"):
+        enc(wav, [3000, 3000, 3000])
