@@ -9,13 +9,15 @@
 #   --out DIR        experiment folder (default exp/synthetic-<setting>)
 #
 # Stages (each leaves DIR/.done/<stage> and is skipped on a rerun; delete the marker to redo it):
-#   0  synthesize a corpus: unlabeled training speech from many espeak-ng voices; dev/test by unseen voices
+#   0  synthesize a corpus: unlabeled training speech from many espeak-ng voices; dev/test by unseen voices;
+#      and text-only LM sentences (corpus/lm-text.txt, LibriSpeech's LM corpus: no dev/test sentence in it)
 #   1  prepare manifests, letter labels and a seeded labeled subset of the training split
 #   2  pretrain the `small` preset on all training audio (labels unused)
 #   3  fine-tune the pretrained encoder with CTC on the labeled subset
 #   4  train the same architecture from random initialisation on the same labels and budget (baseline)
-#   5  decode dev and test greedily with both systems
-#   6  print the results table and write it to DIR/results.md
+#   5  decode dev and test with both systems: greedy (-> decode/), and beam search with a 4-gram word LM
+#      estimated on corpus/lm-text.txt (-> decode_lm/)
+#   6  print the results tables and write them to DIR/results.md (greedy) and DIR/results_lm.md (LM)
 set -euo pipefail
 
 setting=quick
@@ -39,8 +41,11 @@ done
 # A pretrained encoder fine-tunes best at half the from-scratch learning rate (chosen on dev: at 1e-3 its
 # valid CER stalls near 80%, at 5e-4 it reaches the baseline's; the baseline is best at 1e-3).
 ft_lr_pretrained=0.0005
+lm_sentences=20000  # LM text: 332k words, every word of the generator's vocabulary; 500 when tiny
+lm_weight=2
+word_score=0
 case "$setting" in
-  tiny)  minutes=2;  speakers=8;  heldout=2; devtest=0.5; labeled=1m;  pt_updates=4;   ft_updates=4;   ft_freeze=2;   extra_pt="model=tiny data.max_sample_size=32000 data.max_tokens=128000 trainer.valid_interval=2 trainer.save_interval=2"; extra_ft="model.preset=tiny data.max_tokens=160000 trainer.valid_interval=2 trainer.save_interval=2" ;;
+  tiny)  minutes=2;  speakers=8;  heldout=2; devtest=0.5; labeled=1m;  pt_updates=4;   ft_updates=4;   ft_freeze=2;   extra_pt="model=tiny data.max_sample_size=32000 data.max_tokens=128000 trainer.valid_interval=2 trainer.save_interval=2"; extra_ft="model.preset=tiny data.max_tokens=160000 trainer.valid_interval=2 trainer.save_interval=2"; lm_sentences=500 ;;
   quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=500; ft_updates=250; ft_freeze=0;   extra_pt=""; extra_ft="" ;;
   full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=6000; ft_updates=1200; ft_freeze=0; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200" ;;
   *) echo "unknown setting $setting (quick, full or tiny)" >&2; exit 2 ;;
@@ -61,7 +66,7 @@ done_stage() { touch "$out/.done/$1-$2"; }
 
 if run_stage 0 synth; then
   $speechcl synth "$corpus" --minutes "$minutes" --speakers "$speakers" --heldout-speakers "$heldout" \
-    --dev-minutes "$devtest" --test-minutes "$devtest" --seed 0
+    --dev-minutes "$devtest" --test-minutes "$devtest" --seed 0 --lm-sentences "$lm_sentences"
   done_stage 0 synth
 fi
 
@@ -98,9 +103,16 @@ if run_stage 4 finetune-scratch; then
 fi
 
 if run_stage 5 decode; then
+  lm=$data/lm/4gram.arpa
+  if [ ! -e "$lm" ]; then
+    $speechcl lm build --text "$corpus/lm-text.txt" --out "$lm" --order 4 --dict "$data/dict.ltr.txt"
+  fi
   for system in finetune-pretrained finetune-scratch; do
     $speechcl evaluate --model "$out/$system/checkpoints/best" --quiet \
       --manifest "$data/dev-clean.tsv" "$data/test-clean.tsv" --output "$out/$system/decode"
+    $speechcl evaluate --model "$out/$system/checkpoints/best" --quiet \
+      --manifest "$data/dev-clean.tsv" "$data/test-clean.tsv" --output "$out/$system/decode_lm" \
+      --beam 50 --lm "$lm" --lm-weight "$lm_weight" --word-score "$word_score"
   done
   done_stage 5 decode
 fi
@@ -108,6 +120,9 @@ fi
 if run_stage 6 report; then
   $speechcl report "$out/finetune-pretrained" "$out/finetune-scratch" --names pretrained scratch \
     --output "$out/results.md"
-  echo "(WER/CER in %; written to $out/results.md)"
+  echo "(greedy decoding, no LM; WER/CER in %; written to $out/results.md)"
+  $speechcl report "$out/finetune-pretrained" "$out/finetune-scratch" --names pretrained scratch \
+    --decode-dir decode_lm --output "$out/results_lm.md"
+  echo "(beam 50 with a 4-gram word LM; written to $out/results_lm.md)"
   done_stage 6 report
 fi

@@ -49,10 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report", help="results table (markdown) from fine-tuning experiments",
         description="One row per fine-tuning exp_dir: pretraining minutes (wall time of the run model.init "
                     "came from; 0 from scratch), labeled minutes, and WER/CER per split from "
-                    "<exp_dir>/decode/summary.json (written by `speechcl evaluate --output <exp_dir>/decode`).")
+                    "<exp_dir>/<decode-dir>/summary.json (written by `speechcl evaluate --output "
+                    "<exp_dir>/decode`).")
     rp.add_argument("experiments", nargs="+", metavar="EXP_DIR", help="fine-tuning experiment folders")
     rp.add_argument("--names", nargs="+", default=None, help="system names (default: folder names)")
     rp.add_argument("--output", default=None, help="also write the table to this file (atomically)")
+    rp.add_argument("--decode-dir", default="decode", metavar="NAME",
+                    help="the decode folder inside each EXP_DIR (default decode; e.g. decode_lm for LM decoding)")
     rp.set_defaults(func=run_report)
 
     tr = subparsers.add_parser(
@@ -203,7 +206,7 @@ def run_report(args: argparse.Namespace) -> int:
     if len(names) != len(args.experiments):
         return _fail(ValueError(f"{len(names)} --names for {len(args.experiments)} experiments"))
     try:
-        rows = [collect_row(exp, system=name) for exp, name in zip(args.experiments, names)]
+        rows = [collect_row(exp, Path(exp) / args.decode_dir, name) for exp, name in zip(args.experiments, names)]
     except (OSError, ValueError, KeyError) as err:
         return _fail(err)
     table = markdown_table(rows)

@@ -4,6 +4,7 @@ Usage::
 
     speechcl synth OUT [--minutes 60] [--speakers 40] [--dev-minutes 5] [--test-minutes 5]
                        [--heldout-speakers 8] [--seed 0] [--train-split train-clean-100] [--workers N]
+                       [--lm-sentences N]
     speechcl prepare librispeech ROOT OUT [--splits S ...] [--subset SPLIT:DURATION ...] [--seed 0]
                                           [--verify] [--workers N]
     speechcl prepare audio DIR OUT [--valid-percent 0.01] [--ext flac,wav] [--seed 42] [--verify]
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 from speechcl.data.prepare import REPORT_NAME, PrepareResult, prepare_audio, prepare_librispeech
 from speechcl.data.subsets import parse_subset_spec
-from speechcl.data.synth import DEFAULT_TRAIN_SPLIT, SynthConfig, synthesize_corpus
+from speechcl.data.synth import DEFAULT_TRAIN_SPLIT, SynthConfig, synthesize_corpus, write_lm_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--train-split", default=DEFAULT_TRAIN_SPLIT,
                        help=f"name of the training split (default {DEFAULT_TRAIN_SPLIT})")
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
+    synth.add_argument("--lm-sentences", type=int, default=0, metavar="N",
+                       help="also write N sentences of text-only LM training data to OUT/lm-text.txt, from a "
+                            "seed no utterance uses (LibriSpeech's LM corpus; default 0: none)")
     synth.set_defaults(func=run_synth)
 
     prepare = subparsers.add_parser("prepare", help="write manifests and labels for a corpus")
@@ -106,6 +110,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     interactive = sys.stderr.isatty()
     summary = synthesize_corpus(args.out, config, workers=args.workers, progress=progress if interactive else None)
+    if args.lm_sentences:
+        print(f"wrote {write_lm_text(args.out, args.lm_sentences, args.seed)} ({args.lm_sentences} sentences)")
     elapsed = time.perf_counter() - start
     total = sum(summary.seconds.values())
     for split, seconds in summary.seconds.items():

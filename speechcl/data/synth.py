@@ -6,6 +6,7 @@
     OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt       "<utt-id> TRANSCRIPT" lines
     OUT/SPEAKERS.TXT                                                    LibriSpeech-style speaker table
     OUT/synth.json                                                      the configuration and voices
+    OUT/lm-text.txt                        (optional, :func:`write_lm_text`) text-only LM training sentences
 
 Splits: the training split (``train-clean-100`` by default, ``minutes`` of audio from ``speakers``
 speakers) and ``dev-clean`` / ``test-clean`` (``dev_minutes`` / ``test_minutes`` each, from
@@ -25,6 +26,10 @@ last, atomically), so an interrupted run resumes by skipping complete chapters.
 
 Audio durations: every chapter synthesizes utterances until it reaches its share of the split's
 minutes, so a split holds its requested duration to within one utterance per chapter.
+
+LM text: the counterpart of LibriSpeech's ``librispeech-lm-norm.txt``, sentences of the same generator
+from a seed no chapter uses (chapter seeds are below ``2**31``), so the language model knows the domain
+(grammar, vocabulary, names) but not the dev/test sentences.
 """
 
 from __future__ import annotations
@@ -310,6 +315,20 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
         summary.utterances[split] = summary.utterances.get(split, 0) + count
     _write_speakers_table(out / "SPEAKERS.TXT", speakers, config)
     return summary
+
+
+def write_lm_text(out: str | os.PathLike, sentences: int, seed: int = 0) -> Path:
+    """Write ``sentences`` generated sentences, one per line, to ``out/lm-text.txt`` (atomically) for a
+    word language model; returns the path. Seeded apart from every chapter's text (module docstring)."""
+    from speechcl.data.text import SentenceGenerator
+
+    if sentences < 1:
+        raise ValueError(f"sentences must be >= 1, got {sentences}")
+    generator = SentenceGenerator(2**31 + seed)
+    path = Path(out) / "lm-text.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lines(path, [generator.sentence() for _ in range(sentences)])
+    return path
 
 
 def _write_speakers_table(path: Path, speakers: list[Speaker], config: SynthConfig) -> None:

@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from speechcl.data.synth import DEV_SPLIT, TEST_SPLIT, SynthConfig, plan_speakers, synthesize_corpus
+from speechcl.data.synth import (
+    DEV_SPLIT,
+    TEST_SPLIT,
+    SynthConfig,
+    plan_chapters,
+    plan_speakers,
+    synthesize_corpus,
+    write_lm_text,
+)
 from speechcl.data.text import SentenceGenerator, build_vocabulary
 
 from .conftest import SMALL
@@ -130,4 +138,21 @@ def test_cli_synth(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train-clean-100:" in printed and "dev-clean:" in printed and "min of audio per second" in printed
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["dev-clean", "train-clean-100"]
+    assert not (out / "lm-text.txt").exists()
     assert main(["synth", str(out), "--minutes", "0.3"]) == 2  # another config into the same directory
+    assert main(["synth", str(out), "--minutes", "0.2", "--speakers", "2", "--dev-minutes", "0.1",
+                 "--test-minutes", "0", "--heldout-speakers", "1", "--seed", "5", "--lm-sentences", "30"]) == 0
+    assert len((out / "lm-text.txt").read_text().splitlines()) == 30
+
+
+def test_lm_text_is_seeded_apart_from_the_utterances(tmp_path, corpus):
+    path = write_lm_text(tmp_path, 400, seed=0)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 400 and all(4 <= len(line.split()) <= 25 for line in lines)
+    assert write_lm_text(tmp_path / "again", 400, seed=0).read_text() == path.read_text()
+    assert write_lm_text(tmp_path / "other", 400, seed=1).read_text() != path.read_text()
+    spoken = {line.split(" ", 1)[1] for f in corpus.rglob("*.trans.txt") for line in f.read_text().splitlines()}
+    assert spoken and not spoken & set(lines)  # no utterance's sentence is LM text
+    assert all(task.text_seed < 2**31 for task in plan_chapters(SMALL, corpus))  # the LM seed is 2**31 + seed
+    with pytest.raises(ValueError, match="sentences must be >= 1"):
+        write_lm_text(tmp_path, 0)
