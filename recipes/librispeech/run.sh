@@ -225,14 +225,7 @@ if selected 4; then
   $speechcl report "${dirs[@]}" --names "${names[@]}" --output "$exp/results.md"
   echo "(greedy decoding, no LM; WER/CER in %; written to $exp/results.md)"
   if [ -n "$lm" ] || $build_lm; then
-    # the same table from the decode_lm folders
-    $python -c 'import sys
-from pathlib import Path
-from speechcl.asr.report import collect_row, markdown_table
-dirs, out = sys.argv[1:-1], Path(sys.argv[-1])
-table = markdown_table([collect_row(d, Path(d) / "decode_lm", Path(d).name.removeprefix("finetune_")) for d in dirs])
-out.write_text(table)
-print(table, end="")' "${dirs[@]}" "$exp/results_lm.md"
+    $speechcl report "${dirs[@]}" --names "${names[@]}" --decode-dir decode_lm --output "$exp/results_lm.md"
     echo "(beam 50 with the LM; written to $exp/results_lm.md)"
   fi
 fi
