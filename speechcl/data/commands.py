@@ -116,8 +116,11 @@ def run_synth(args: argparse.Namespace) -> int:
     total = sum(summary.seconds.values())
     for split, seconds in summary.seconds.items():
         print(f"{split}: {summary.utterances[split]} utterances, {seconds / 60:.1f} min")
-    print(f"wrote {args.out} in {elapsed:.1f} s ({total / 60 / max(elapsed, 1e-9):.1f} min of audio per second"
-          + (f"; {summary.skipped_chapters} chapters were already done" if summary.skipped_chapters else "") + ")")
+    if not summary.synthesized_chapters:
+        print(f"{args.out} was complete already ({summary.skipped_chapters} chapters): nothing synthesized")
+    else:
+        print(f"wrote {args.out} in {elapsed:.1f} s ({total / 60 / max(elapsed, 1e-9):.1f} min of audio per second"
+              + (f"; {summary.skipped_chapters} chapters were already done" if summary.skipped_chapters else "") + ")")
     return 0
 
 

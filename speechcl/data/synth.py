@@ -158,6 +158,7 @@ class SynthSummary:
     utterances: dict[str, int] = field(default_factory=dict)
     speakers: list[Speaker] = field(default_factory=list)
     skipped_chapters: int = 0
+    synthesized_chapters: int = 0
 
 
 def plan_speakers(config: SynthConfig) -> list[Speaker]:
@@ -301,6 +302,7 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
             summary.skipped_chapters += 1
     if progress:
         progress(len(results), len(tasks))
+    summary.synthesized_chapters = len(todo)
     if todo:
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         # a fresh process per chapter: espeak-ng's hidden state must start clean for determinism

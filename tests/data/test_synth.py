@@ -143,6 +143,7 @@ def test_cli_synth(tmp_path, capsys):
     assert main(["synth", str(out), "--minutes", "0.2", "--speakers", "2", "--dev-minutes", "0.1",
                  "--test-minutes", "0", "--heldout-speakers", "1", "--seed", "5", "--lm-sentences", "30"]) == 0
     assert len((out / "lm-text.txt").read_text().splitlines()) == 30
+    assert "was complete already" in capsys.readouterr().out  # the rerun synthesized nothing
 
 
 def test_lm_text_is_seeded_apart_from_the_utterances(tmp_path, corpus):
