@@ -364,15 +364,15 @@ def _valid_frames(lengths: Sequence[int] | None, length: int, blocks: Sequence[C
                   ) -> tuple[tuple[int, ...] | None, ...]:
     """Per block, each row's valid output frames for ``lengths`` valid input steps of ``length``; None for a
     block whose rows are all valid (or when ``lengths`` is None)."""
+    if lengths is None:
+        return (None,) * len(blocks)
+    rows = torch.tensor([min(int(n), length) for n in lengths])
+    full = torch.tensor([length])
     out: list[tuple[int, ...] | None] = []
-    rows = None if lengths is None else [min(int(n), length) for n in lengths]
     for block in blocks:
-        length = (length - block.kernel) // block.stride + 1
-        if rows is not None:
-            rows = [max((n - block.kernel) // block.stride + 1, 0) for n in rows]
-            if all(n >= length for n in rows):
-                rows = None
-        out.append(None if rows is None else tuple(rows))
+        spec = [(block.conv.out_channels, block.kernel, block.stride)]
+        rows, full = conv_output_lengths(rows, spec), conv_output_lengths(full, spec)
+        out.append(None if bool((rows >= full).all()) else tuple(rows.tolist()))
     return tuple(out)
 
 
