@@ -104,12 +104,13 @@ class CTCTask:
         hyps = greedy_decode(logits.float(), lengths, blank=Dictionary.blank_index)
         c_err = c_len = w_err = w_len = empty = 0
         for hyp, target, n in zip(hyps, targets.tolist(), target_lengths.tolist()):
-            ref_letters = self.dictionary.decode(target[:n])
-            hyp_letters = self.dictionary.decode(hyp)
-            ref_chars, hyp_chars = ref_letters.split(), hyp_letters.split()
-            c_err += edit_distance(ref_chars, hyp_chars)
-            c_len += len(ref_chars)
-            ref_words, hyp_words = letters_to_words(ref_letters).split(), letters_to_words(hyp_letters).split()
+            # Characters of the word strings, spaces included: what `evaluate` scores with jiwer. Counting
+            # the letter units instead would add each utterance's final `|` to the reference length.
+            ref_text = letters_to_words(self.dictionary.decode(target[:n]))
+            hyp_text = letters_to_words(self.dictionary.decode(hyp))
+            c_err += edit_distance(list(ref_text), list(hyp_text))
+            c_len += len(ref_text)
+            ref_words, hyp_words = ref_text.split(), hyp_text.split()
             w_err += edit_distance(ref_words, hyp_words)
             w_len += len(ref_words)
             empty += int(not hyp_words)
