@@ -46,8 +46,8 @@ lm_weight=2
 word_score=0
 case "$setting" in
   tiny)  minutes=2;  speakers=8;  heldout=2; devtest=0.5; labeled=1m;  pt_updates=4;   ft_updates=4;   ft_freeze=2;   extra_pt="model=tiny data.max_sample_size=32000 data.max_tokens=128000 trainer.valid_interval=2 trainer.save_interval=2"; extra_ft="model.preset=tiny data.max_tokens=160000 trainer.valid_interval=2 trainer.save_interval=2"; lm_sentences=500 ;;
-  quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=500; ft_updates=250; ft_freeze=0;   extra_pt=""; extra_ft="" ;;
-  full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=6000; ft_updates=1200; ft_freeze=0; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200" ;;
+  quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=700; ft_updates=250; ft_freeze=0;   extra_pt=""; extra_ft="" ;;
+  full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=12000; ft_updates=1200; ft_freeze=0; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200" ;;
   *) echo "unknown setting $setting (quick, full or tiny)" >&2; exit 2 ;;
 esac
 out=${out:-exp/synthetic-$setting}

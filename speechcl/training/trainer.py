@@ -57,7 +57,7 @@ class TrainerConfig:
     max_epoch: int = 0
     update_freq: int = 1  # gradient accumulation (micro-batches per update and rank)
     seed: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where the hardware has it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads on CPU (0: torch's default)
     log_interval: int = 10
@@ -104,6 +104,26 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu")
     return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``fp32``/``bf16``/``fp16`` as given (checked against the device); ``auto`` -> ``bf16`` on a GPU that
+    supports it or a CPU with native bf16 arithmetic (AVX512-BF16 or AMX), else ``fp32``.
+
+    On CPUs without it, bf16 is emulated and slower than fp32, so ``auto`` keeps fp32 there.
+    """
+    if name not in ("fp32", "bf16", "fp16", "auto"):
+        raise ValueError(f"trainer.precision must be fp32, bf16, fp16 or auto, got {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("trainer.precision=fp16 needs a GPU; use bf16 (or auto) on CPU")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return "bf16" if any(check is not None and check() for check in checks) else "fp32"
+    return "fp32"
 
 
 def micro_seed(seed: int, epoch: int, global_batch: int) -> int:
@@ -198,10 +218,9 @@ def train(
         raise ValueError(f"the training sampler was built for rank {sampler.rank} of {sampler.world_size} but this "
                          f"process is rank {info.rank} of {info.world_size}: call init_distributed() before "
                          "building the loaders")
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"trainer.precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ValueError("trainer.precision=fp16 needs a GPU; use bf16 on CPU")
+    precision = resolve_precision(cfg.precision, device)
+    if info.is_main and cfg.precision == "auto":
+        log.info("trainer.precision=auto: training in %s on %s", precision, device)
     if cfg.update_freq < 1:
         raise ValueError(f"trainer.update_freq must be >= 1, got {cfg.update_freq}")
 
@@ -209,7 +228,7 @@ def train(
     model.to(device).train()
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = Scheduler(optimizer, schedule_cfg, optim_cfg.lr, cfg.max_update)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     ckpt = CheckpointManager(exp_dir, keep_last=cfg.keep_last)
 
     num_updates, epoch, best, skipped = 0, 0, math.inf, 0
@@ -270,7 +289,7 @@ def train(
         nonlocal best
         if valid_loader is None:
             return None
-        summary = evaluate(model, task, valid_loader, device, cfg.precision, cfg.seed, info)
+        summary = evaluate(model, task, valid_loader, device, precision, cfg.seed, info)
         score = task.valid_score(summary)
         improved = score < best
         if improved:
@@ -298,7 +317,7 @@ def train(
                 batch = _to_device(batch, device)
                 sync = info.enabled and i < len(group) - 1
                 with ddp_model.no_sync() if sync else contextlib.nullcontext():
-                    with _autocast(device, cfg.precision):
+                    with _autocast(device, precision):
                         out = task.forward(ddp_model, batch, generator)
                     scaler.scale(out.loss).backward()
                 sample_size += out.sample_size
@@ -317,7 +336,7 @@ def train(
             max_norm = optim_cfg.clip_norm if optim_cfg.clip_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             finite = math.isfinite(total_loss) and math.isfinite(grad_norm)
-            if not finite and cfg.precision == "fp16":
+            if not finite and precision == "fp16":
                 scaler.step(optimizer)  # the scaler skips the step and lowers the scale
                 scaler.update()
             elif not finite:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from speechcl.training.trainer import TaskOutput, train
+from speechcl.training.trainer import TaskOutput, resolve_precision, train
 from tests.training.helpers import (
     BATCHES_PER_EPOCH,
     max_abs_diff,
@@ -146,3 +146,27 @@ def test_fp16_on_cpu_is_rejected(manifest_dir: Path, tmp_path: Path) -> None:
     trainer, optim, schedule = tiny_configs(precision="fp8")
     with pytest.raises(ValueError, match="precision"):
         train(model, task, train_loader, None, tmp_path, trainer, optim, schedule)
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(True, False, "bf16"), (False, True, "bf16"),
+                                                             (False, False, "fp32")])
+def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool,
+                                        expected: str) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    for given in ("fp32", "bf16"):  # explicit choices are kept whatever the CPU
+        assert resolve_precision(given, torch.device("cpu")) == given
+
+
+def test_auto_precision_trains_in_what_it_resolves_to(manifest_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` on a bf16 CPU runs the same loop as ``bf16``: identical logged losses."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    losses = {}
+    for precision in ("bf16", "auto"):
+        model, task, train_loader, valid_loader = tiny_pieces(manifest_dir)
+        trainer, optim, schedule = tiny_configs(max_update=2, precision=precision)
+        train(model, task, train_loader, valid_loader, tmp_path / precision, trainer, optim, schedule)
+        losses[precision] = [r["loss"] for r in read_log(tmp_path / precision) if r["split"] in ("train", "valid")]
+    assert losses["auto"] == losses["bf16"] and len(losses["auto"]) == 3
