@@ -13,7 +13,10 @@
 #   --subsets "S ..."    labeled subsets to fine-tune on, from 10m 1h 10h 100h (default all four)
 #   --ngpu N             GPUs per run (torchrun when > 1); update_freq keeps fairseq's effective batch:
 #                        64 GPU batches per pretraining update, 8 per fine-tuning update (default 1)
-#   --lm FILE            also decode with beam search (50) and this KenLM/ARPA word LM
+#   --lm FILE            also decode with beam search (500) and this KenLM/ARPA word LM; its weight and word
+#                        score are chosen on dev-other (else dev-clean) from --lm-weights x --word-scores
+#   --lm-weights "W ..." LM weights to try (default "1 1.5 2 2.5 3")
+#   --word-scores "S ..." word scores to try (default "-1 0 1")
 #   --build-lm           build a 4-gram ARPA LM from the pretraining transcripts and decode with it
 #   --cpu                CPU-sized settings (pretrain_cpu / finetune_cpu configs, train-clean-100 as the
 #                        unlabeled set, dev-clean for validation, a few hundred updates)
@@ -50,6 +53,8 @@ subsets="10m 1h 10h 100h"
 ngpu=1
 lm=""
 build_lm=false
+lm_weights="1 1.5 2 2.5 3"
+word_scores="-1 0 1"
 cpu=false
 synth_minutes=""
 pretrain_args=""
@@ -70,6 +75,8 @@ while [ $# -gt 0 ]; do
     --ngpu) ngpu=$2; shift 2 ;;
     --lm) lm=$2; shift 2 ;;
     --build-lm) build_lm=true; shift ;;
+    --lm-weights) lm_weights=$2; shift 2 ;;
+    --word-scores) word_scores=$2; shift 2 ;;
     --cpu) cpu=true; shift ;;
     --synth) synth_minutes=$2; shift 2 ;;
     --pretrain-args) pretrain_args=$2; shift 2 ;;
@@ -196,6 +203,11 @@ if selected 3; then
   say 3 decode
   mapfile -t sets < <(eval_manifests)
   if [ "${#sets[@]}" -eq 0 ]; then echo "no dev/test manifests in $data: run stage 0" >&2; exit 1; fi
+  tune=()  # the split that chooses the LM weight and word score (none without a dev set: the first values)
+  for d in dev-other dev-clean; do
+    if [ -f "$data/$d.tsv" ]; then tune=(--tune-on "$d"); break; fi
+  done
+  if [ "${#tune[@]}" -eq 0 ]; then read -r lm_weights _ <<< "$lm_weights"; read -r word_scores _ <<< "$word_scores"; fi
   if $build_lm; then
     lm=$data/lm/4gram.arpa
     if pending "$data" lm; then
@@ -211,8 +223,9 @@ if selected 3; then
       mark "$exp" "decode_$s"
     fi
     if [ -n "$lm" ] && pending "$exp" "decode_lm_$s"; then
-      $speechcl evaluate --model "$model" --manifest "${sets[@]}" --beam 50 --lm "$lm" \
-        --output "$exp/finetune_$s/decode_lm" --quiet
+      # shellcheck disable=SC2086
+      $speechcl evaluate --model "$model" --manifest "${sets[@]}" --beam 500 --lm "$lm" \
+        --lm-weight $lm_weights --word-score $word_scores "${tune[@]}" --output "$exp/finetune_$s/decode_lm" --quiet
       mark "$exp" "decode_lm_$s"
     fi
   done
@@ -226,6 +239,6 @@ if selected 4; then
   echo "(greedy decoding, no LM; WER/CER in %; written to $exp/results.md)"
   if [ -n "$lm" ] || $build_lm; then
     $speechcl report "${dirs[@]}" --names "${names[@]}" --decode-dir decode_lm --output "$exp/results_lm.md"
-    echo "(beam 50 with the LM; written to $exp/results_lm.md)"
+    echo "(beam 500 with the LM, its weights chosen on a dev set: decode_lm/tune.json; written to $exp/results_lm.md)"
   fi
 fi

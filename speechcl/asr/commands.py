@@ -4,13 +4,17 @@ Usage::
 
     speechcl evaluate --model CKPT --manifest DIR/dev-clean.tsv [DIR/test-clean.tsv ...]
                       [--labels FILE.wrd ...] [--dict DIR/dict.ltr.txt] [--output eval]
-                      [--beam N] [--lm LM.arpa|LM.bin] [--lexicon FILE] [--lm-weight 2] [--word-score 0]
-                      [--batch-size 8] [--max-tokens SAMPLES] [--device cpu|cuda]
+                      [--beam N] [--lm LM.arpa|LM.bin] [--lexicon FILE] [--lm-weight 2 ...] [--word-score 0 ...]
+                      [--tune-on SPLIT] [--batch-size 8] [--max-tokens SAMPLES] [--device cpu|cuda]
     speechcl transcribe --model CKPT AUDIO [AUDIO ...] [--chunk-seconds 30] [--overlap-seconds 2]
                         [decoder options as for evaluate]
     speechcl align --model CKPT AUDIO TRANSCRIPT [--format tsv|json] [--output FILE]
     speechcl lm build --text DIR/train.wrd --out lm.arpa [--order 3] [--lexicon-out lexicon.txt]
                       [--dict DIR/dict.ltr.txt]
+
+Given several ``--lm-weight`` / ``--word-score`` values, ``evaluate`` decodes the ``--tune-on`` split (default:
+the first manifest) with every pair, keeps the pair with the lowest WER there (``tune.json`` in the output
+folder lists them all) and decodes every split with it.
 
 ``TRANSCRIPT`` of ``align`` is a text file or, when no such file exists, the transcript itself.
 """
@@ -42,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-tokens", type=int, default=None, metavar="SAMPLES",
                     help="at most this many padded samples per batch (default: no limit)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_decoder_options(ev)
+    _add_decoder_options(ev, grid=True)
+    ev.add_argument("--tune-on", default=None, metavar="SPLIT",
+                    help="with several --lm-weight/--word-score values: the split (manifest file stem) whose "
+                         "WER chooses them (default: the first manifest)")
     ev.set_defaults(func=run_evaluate)
 
     rp = subparsers.add_parser(
@@ -110,14 +117,21 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="normalise each utterance to zero mean/unit variance (default: as the checkpoint says)")
 
 
-def _add_decoder_options(parser: argparse.ArgumentParser) -> None:
+def _add_decoder_options(parser: argparse.ArgumentParser, grid: bool = False) -> None:
+    """Decoder flags; with ``grid`` the LM weight and word score take several values (a tuning grid)."""
     group = parser.add_argument_group("decoding (greedy unless --beam, --lm or --lexicon is given)")
     group.add_argument("--beam", type=int, default=0, metavar="N", help="beam size (default 0 = greedy; 50 with --lm)")
     group.add_argument("--lm", default=None, metavar="LM", help="KenLM word n-gram model (ARPA or binary)")
     group.add_argument("--lexicon", default=None, metavar="FILE",
                        help="'WORD L E T T E R S |' per line (default with an ARPA --lm: its words)")
-    group.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default 2)")
-    group.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
+    if grid:
+        group.add_argument("--lm-weight", type=float, nargs="+", default=[2.0], metavar="W",
+                           help="LM weight (default 2); several values are tried on the --tune-on split")
+        group.add_argument("--word-score", type=float, nargs="+", default=[0.0], metavar="S",
+                           help="word insertion score (default 0); several values are tried on the --tune-on split")
+    else:
+        group.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default 2)")
+        group.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
 
 
 def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):
@@ -142,20 +156,68 @@ def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):
     return Recognizer(model, dictionary, normalize)
 
 
-def _decoder(args: argparse.Namespace, dictionary):
+def _decoder(args: argparse.Namespace, dictionary, lm_weight: float | None = None, word_score: float | None = None):
     from speechcl.asr.decode import build_decoder
 
-    return build_decoder(dictionary, args.beam, lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight,
-                         word_score=args.word_score)
+    return build_decoder(dictionary, args.beam, lm=args.lm, lexicon=args.lexicon,
+                         lm_weight=args.lm_weight if lm_weight is None else lm_weight,
+                         word_score=args.word_score if word_score is None else word_score)
 
 
-def _decoder_settings(args: argparse.Namespace) -> dict[str, Any]:
+def _decoder_settings(args: argparse.Namespace, lm_weight: float | None = None,
+                      word_score: float | None = None) -> dict[str, Any]:
     greedy = not (args.beam or args.lm or args.lexicon)
     settings: dict[str, Any] = {"decoder": "greedy" if greedy else "beam"}
     if not greedy:
-        settings.update(beam=args.beam or 50, lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight,
-                        word_score=args.word_score)
+        settings.update(beam=args.beam or 50, lm=args.lm, lexicon=args.lexicon,
+                        lm_weight=args.lm_weight if lm_weight is None else lm_weight,
+                        word_score=args.word_score if word_score is None else word_score)
     return settings
+
+
+def _file_signature(path: str | Path) -> list[Any]:
+    """Size and modification time of a file, or of every file in a directory (a rewritten model or LM
+    changes it)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _tune(args: argparse.Namespace, recognizer, manifest, references, split: str, out_dir: Path):
+    """Choose the LM weight and word score on ``split``; returns them with the split's logits.
+
+    ``tune.json`` in ``out_dir`` records the grid; a rerun with the same model and LM files, split,
+    references and grid reads the choice from it instead of decoding again (the logits are then ``None``)."""
+    import hashlib
+
+    from speechcl.asr.evaluate import split_logits, tune_decoder
+    from speechcl.utils.io import atomic_write_json
+
+    identity = {"model": str(Path(args.model).resolve()), **_decoder_settings(args, 0.0, 0.0),
+                "lm_weights": args.lm_weight, "word_scores": args.word_score, "split": split,
+                "paths": manifest.paths, "root": manifest.root, "references": list(references),
+                "files": [_file_signature(p) for p in (args.model, args.lm, args.lexicon) if p]}
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    record_path = out_dir / "tune.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("fingerprint") == fingerprint:
+            best = record["best"]
+            return float(best["lm_weight"]), float(best["word_score"]), None
+    logits = split_logits(recognizer, manifest, args.batch_size, args.max_tokens, progress=not args.quiet,
+                          desc=f"logits {split}")
+    base = _decoder(args, recognizer.dictionary, args.lm_weight[0], args.word_score[0])  # reads the LM once
+    best, points = tune_decoder(logits, references, base.reweighted, args.lm_weight, args.word_score,
+                                progress=not args.quiet)
+    for point in points:
+        print(f"tune {split}\tlm_weight {point.lm_weight:g}\tword_score {point.word_score:g}\t"
+              f"WER {100 * point.score.wer:.2f}\tCER {100 * point.score.cer:.2f}")
+    print(f"tune {split}\tchose lm_weight {best.lm_weight:g}, word_score {best.word_score:g} "
+          f"(WER {100 * best.score.wer:.2f}, best of {len(points)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record_path, {"split": split, "metric": "wer", "best": best.to_dict(),
+                                    "grid": [p.to_dict() for p in points], "fingerprint": fingerprint})
+    return best.lm_weight, best.word_score, logits
 
 
 def _fail(err: Exception) -> int:
@@ -175,17 +237,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     splits = [m.stem for m in manifests]
     if len(set(splits)) != len(splits):
         return _fail(ValueError(f"manifest names {splits} repeat; output files are named after them"))
+    grid = len(args.lm_weight) * len(args.word_score) > 1
+    if grid and not (args.beam or args.lm or args.lexicon):
+        return _fail(ValueError("several --lm-weight/--word-score values tune beam search: add --lm (or --beam)"))
+    tune_on = args.tune_on if args.tune_on is not None else splits[0]
+    if args.tune_on is not None and not grid:
+        return _fail(ValueError("--tune-on needs several --lm-weight or --word-score values to choose from"))
+    if grid and tune_on not in splits:
+        return _fail(ValueError(f"--tune-on {tune_on!r} is none of the manifests' splits {splits}"))
     try:
         recognizer = _recognizer(args, str(manifests[0].parent / "dict.ltr.txt"))
-        decoder = _decoder(args, recognizer.dictionary)
-        settings = {"model": str(Path(args.model).resolve()), **_decoder_settings(args),
+        lm_weight, word_score = args.lm_weight[0], args.word_score[0]
+        cached: dict[str, Any] = {}
+        if grid:
+            k = splits.index(tune_on)
+            lm_weight, word_score, cached[tune_on] = _tune(
+                args, recognizer, read_manifest(manifests[k]), read_references(labels[k]), tune_on,
+                Path(args.output))
+        decoder = _decoder(args, recognizer.dictionary, lm_weight, word_score)
+        settings = {"model": str(Path(args.model).resolve()), **_decoder_settings(args, lm_weight, word_score),
                     "normalize": recognizer.normalize}
+        if grid:
+            settings["tuned_on"] = tune_on
         results = []
         for manifest_path, label_path, split in zip(manifests, labels, splits):
             manifest = read_manifest(manifest_path)
             references = read_references(label_path)
             result = evaluate_split(recognizer, decoder, manifest, references, args.output, split, settings,
-                                    args.batch_size, args.max_tokens, progress=not args.quiet)
+                                    args.batch_size, args.max_tokens, progress=not args.quiet,
+                                    logits=cached.get(split))
             results.append(result)
             print(f"{split}\tWER {100 * result.score.wer:.2f}\tCER {100 * result.score.cer:.2f}\t"
                   f"({result.score.utterances} utterances, {result.score.words.reference_length} words)")

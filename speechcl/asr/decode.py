@@ -12,6 +12,7 @@ lexicon (``WORD L E T T E R S |`` per line); without one it searches letter sequ
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -130,13 +131,24 @@ class BeamSearchDecoder:
                     raise ValueError(f"no word of {lm} can be spelled with the model's symbols")
         if lexicon is not None:
             lexicon = _filtered_lexicon(str(lexicon), dictionary, self._scratch)
-        self._decoder = ctc_decoder(
-            lexicon=lexicon, tokens=list(dictionary.symbols), lm=lm, nbest=1, beam_size=beam_size,
-            beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score, unk_score=unk_score,
-            blank_token=dictionary.symbols[dictionary.blank_index], sil_token=WORD_SEPARATOR,
-            unk_word="<unk>",
-        )
+        self._options = dict(lexicon=lexicon, tokens=list(dictionary.symbols), nbest=1, beam_size=beam_size,
+                             beam_threshold=beam_threshold, unk_score=unk_score,
+                             blank_token=dictionary.symbols[dictionary.blank_index], sil_token=WORD_SEPARATOR,
+                             unk_word="<unk>")
+        self._decoder = ctc_decoder(lm=lm, lm_weight=lm_weight, word_score=word_score, **self._options)
         self.uses_lexicon = lexicon is not None
+        self.lm_weight, self.word_score = lm_weight, word_score
+
+    def reweighted(self, lm_weight: float, word_score: float) -> BeamSearchDecoder:
+        """The same search with another LM weight and word score, sharing this decoder's loaded LM
+        (reading a large ARPA file takes seconds; a tuning grid reads it once)."""
+        from torchaudio.models.decoder import ctc_decoder
+
+        other = copy.copy(self)
+        other._decoder = ctc_decoder(lm=self._decoder.lm, lm_weight=lm_weight, word_score=word_score,
+                                     **self._options)
+        other.lm_weight, other.word_score = lm_weight, word_score
+        return other
 
     def _scratch(self) -> str:
         """A private directory for generated lexicons, removed with the decoder."""

@@ -12,6 +12,10 @@ norms included, see :mod:`speechcl.models.feature_encoder`). Audio shorter than 
 empty hypothesis. Finished batches are appended to
 ``.hyp.NAME.partial.jsonl``, so an interrupted run resumes where it stopped (when the model, manifest
 and decoding settings are the same) and the file is removed once the results are written.
+
+:func:`tune_decoder` chooses decoder settings (the LM weight and word score of beam search) on one
+split: it runs the acoustic model once (:func:`split_logits`) and decodes those logits with every
+setting of a grid, keeping the one with the lowest WER.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
 from tqdm import tqdm
 
 from speechcl.asr.decode import Decoder
@@ -97,13 +102,18 @@ def _partial_records(path: Path, fingerprint: str) -> dict[int, str]:
 
 def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest, references: Sequence[str],
                    out_dir: str | os.PathLike, split: str, settings: dict[str, Any], batch_size: int = 8,
-                   max_tokens: int | None = None, progress: bool = True) -> SplitResult:
+                   max_tokens: int | None = None, progress: bool = True,
+                   logits: Sequence[Tensor | None] | None = None) -> SplitResult:
     """Decode every item of ``manifest``, score against ``references`` and write the split's files.
 
     Args:
         settings: what identifies the run (model path, decoder options); stored in the result and used
             to decide whether a partial run can be resumed.
+        logits: the recognizer's output per item from :func:`split_logits`, when already computed
+            (the model is then not run again).
     """
+    if logits is not None and len(logits) != len(manifest):
+        raise ValueError(f"{len(logits)} logits for {len(manifest)} manifest items in split {split!r}")
     if len(references) != len(manifest):
         raise ValueError(f"{len(references)} reference transcripts for {len(manifest)} manifest items in "
                          f"split {split!r}: labels and manifest must be aligned line by line")
@@ -124,13 +134,10 @@ def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest,
     ) as bar:
         for batch in batches:
             items = [todo[j] for j in batch]
-            waves = [load_audio(manifest.full_path(i))[0] for i in items]
-            texts = [""] * len(items)  # audio shorter than one frame (25 ms) decodes to nothing
-            usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
-            if usable:
-                logits, lengths = recognizer.forward([waves[k] for k in usable])
-                for k, text in zip(usable, decoder(logits, lengths)):
-                    texts[k] = text
+            if logits is None:
+                texts = _decode_batch(recognizer, decoder, [manifest.full_path(i) for i in items])
+            else:
+                texts = [_decode_one(decoder, logits[i]) for i in items]
             for i, text in zip(items, texts):
                 done[i] = text
                 log.write(json.dumps({"index": i, "text": text}) + "\n")
@@ -145,6 +152,81 @@ def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest,
     atomic_write_json(out / f"result.{split}.json", {**result.to_dict(), "settings": settings})
     partial.unlink(missing_ok=True)
     return result
+
+
+def _decode_batch(recognizer: Recognizer, decoder: Decoder, paths: Sequence[str]) -> list[str]:
+    """Transcripts of audio files decoded as one padded batch."""
+    waves = [load_audio(path)[0] for path in paths]
+    texts = [""] * len(paths)  # audio shorter than one frame (25 ms) decodes to nothing
+    usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
+    if usable:
+        batch_logits, lengths = recognizer.forward([waves[k] for k in usable])
+        for k, text in zip(usable, decoder(batch_logits, lengths)):
+            texts[k] = text
+    return texts
+
+
+def _decode_one(decoder: Decoder, logits: Tensor | None) -> str:
+    """The transcript of one item's logits ``[T, V]`` (``None``: audio shorter than a frame)."""
+    return "" if logits is None else decoder(logits[None])[0]
+
+
+def split_logits(recognizer: Recognizer, manifest: Manifest, batch_size: int = 8, max_tokens: int | None = None,
+                 progress: bool = True, desc: str = "logits") -> list[Tensor | None]:
+    """The recognizer's logits ``[T_i, V]`` (float32, CPU) for every item of ``manifest``, in manifest order,
+    computed in padded batches as :func:`evaluate_split` does; ``None`` for audio shorter than one frame."""
+    out: list[Tensor | None] = [None] * len(manifest)
+    with tqdm(total=len(manifest), desc=desc, unit="utt", disable=not progress) as bar:
+        for batch in make_batches(manifest.sizes, batch_size, max_tokens):
+            waves = [load_audio(manifest.full_path(i))[0] for i in batch]
+            usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
+            if usable:
+                batch_logits, lengths = recognizer.forward([waves[k] for k in usable])
+                for row, k in enumerate(usable):
+                    out[batch[k]] = batch_logits[row, : int(lengths[row])].clone()
+            bar.update(len(batch))
+    return out
+
+
+@dataclass(frozen=True)
+class TuningPoint:
+    """One decoder setting of a grid and its score on the tuning split."""
+
+    lm_weight: float
+    word_score: float
+    score: Score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lm_weight": self.lm_weight, "word_score": self.word_score, "wer": self.score.wer,
+                "cer": self.score.cer}
+
+
+def tune_decoder(logits: Sequence[Tensor | None], references: Sequence[str],
+                 make_decoder: Callable[[float, float], Decoder], lm_weights: Sequence[float],
+                 word_scores: Sequence[float], progress: bool = True) -> tuple[TuningPoint, list[TuningPoint]]:
+    """Decode one split's ``logits`` (from :func:`split_logits`) with every (LM weight, word score) pair.
+
+    Args:
+        references: the split's reference transcripts, aligned with ``logits``.
+        make_decoder: builds the decoder for ``(lm_weight, word_score)``.
+
+    Returns:
+        the best point (lowest WER, then lowest CER, then earliest in the grid) and every point in grid
+        order (LM weights outer, word scores inner).
+    """
+    if len(references) != len(logits):
+        raise ValueError(f"{len(references)} reference transcripts for {len(logits)} utterances")
+    if not lm_weights or not word_scores:
+        raise ValueError("the tuning grid needs at least one LM weight and one word score")
+    refs = [normalize_transcript(r) for r in references]
+    grid = [(w, s) for w in lm_weights for s in word_scores]
+    points = []
+    for lm_weight, word_score in tqdm(grid, desc="tune", unit="setting", disable=not progress):
+        decoder = make_decoder(lm_weight, word_score)
+        hyps = [_decode_one(decoder, item) for item in logits]
+        points.append(TuningPoint(lm_weight, word_score, score(refs, hyps)))
+    best = min(range(len(points)), key=lambda i: (points[i].score.wer, points[i].score.cer, i))
+    return points[best], points
 
 
 def default_references(manifest_path: str | os.PathLike) -> Path:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from speechcl.asr.decode import BeamSearchDecoder, GreedyDecoder, build_decoder
+from speechcl.asr.evaluate import tune_decoder
 from speechcl.asr.lm import build_lm
 from speechcl.data.labels import Dictionary
 
@@ -88,3 +89,40 @@ def test_lexicon_entries_outside_the_dictionary_are_dropped(lm_files, tmp_path):
     extended.write_text(lexicon.read_text() + "ZOO Z O O |\n")
     decoder = BeamSearchDecoder(D, beam_size=16, lm=arpa, lexicon=extended, lm_weight=1.0)
     assert decoder(spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}})) == ["THE CAT SAT"]
+
+
+def test_tuning_keeps_the_lm_weight_with_the_fewest_errors(lm_files):
+    arpa, lexicon = lm_files
+    # utterance 0: CAT sounds like CUT, which only the LM corrects; utterance 1 is clear
+    logits = [spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}})[0], spoken("A CUT RAN")[0], None]
+    refs = ["THE CAT SAT", "A CUT RAN", ""]
+    built = []
+
+    def make(lm_weight: float, word_score: float) -> BeamSearchDecoder:
+        built.append((lm_weight, word_score))
+        return BeamSearchDecoder(D, beam_size=16, lm=arpa, lexicon=lexicon, lm_weight=lm_weight,
+                                 word_score=word_score)
+
+    best, points = tune_decoder(logits, refs, make, [0.0, 1.0], [0.0, 0.5], progress=False)
+    assert built == [(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)]  # LM weights outer, grid order
+    assert [(p.lm_weight, p.word_score) for p in points] == built
+    assert points[0].score.words.errors == 1  # without the LM: THE CUT SAT
+    assert (best.lm_weight, best.word_score) == (1.0, 0.0)  # error-free; ties go to the earlier point
+    assert best.score.wer == 0.0 and best.to_dict()["wer"] == 0.0
+    with pytest.raises(ValueError, match="2 reference"):
+        tune_decoder(logits, refs[:2], make, [1.0], [0.0], progress=False)
+    with pytest.raises(ValueError, match="at least one"):
+        tune_decoder(logits, refs, make, [], [0.0], progress=False)
+
+
+def test_reweighted_decoder_equals_a_fresh_one(lm_files):
+    arpa, lexicon = lm_files
+    logits = torch.cat([spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}}), spoken("THE CAT SAT")])
+    base = BeamSearchDecoder(D, beam_size=16, lm=arpa, lexicon=lexicon, lm_weight=0.0, word_score=0.0)
+    for weight, score in [(1.0, 0.0), (0.0, 0.0), (3.0, -2.0), (0.5, 2.0)]:
+        shared = base.reweighted(weight, score)
+        fresh = BeamSearchDecoder(D, beam_size=16, lm=arpa, lexicon=lexicon, lm_weight=weight, word_score=score)
+        assert (shared.lm_weight, shared.word_score) == (weight, score)
+        assert shared(logits) == fresh(logits)
+        assert shared._decoder.lm is base._decoder.lm
+    assert base.reweighted(1.0, 0.0)(logits)[0] == "THE CAT SAT" and base(logits)[0] == "THE CUT SAT"

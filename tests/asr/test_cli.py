@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -168,3 +169,56 @@ def test_verbs_are_registered_with_the_speechcl_command():
     from speechcl import cli
 
     assert "speechcl.asr.commands" in cli._COMMAND_MODULES
+
+
+def test_evaluate_tunes_lm_weight_and_word_score_on_one_split(corpus, capsys, tmp_path):
+    """Several --lm-weight/--word-score values: the --tune-on split chooses them (tune.json), every split
+    is decoded with the choice exactly as a run given only those values, and a rerun reuses the choice."""
+    pytest.importorskip("flashlight.lib.text.decoder")
+    root, data, model, _ = corpus
+    arpa = root / "lm-tune.arpa"
+    assert main(["lm", "build", "--text", str(data / "train.wrd"), "--order", "2", "--out", str(arpa)]) == 0
+    test = tmp_path / "test.tsv"
+    test.write_text((data / "dev.tsv").read_text())
+    (tmp_path / "test.wrd").write_text((data / "dev.wrd").read_text())
+    common = ["evaluate", "--model", str(model), "--beam", "8", "--lm", str(arpa), "--quiet", "--device", "cpu"]
+    manifests = ["--manifest", str(test), str(data / "dev.tsv")]
+    out = tmp_path / "tuned"
+    capsys.readouterr()
+    assert main(common + manifests + ["--output", str(out), "--lm-weight", "0", "1", "3",
+                                      "--word-score", "-1", "1", "--tune-on", "dev"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("tune dev\tlm_weight") == 6 and "chose lm_weight" in printed
+    record = json.loads((out / "tune.json").read_text())
+    assert record["split"] == "dev" and len(record["grid"]) == 6
+    best = record["best"]
+    assert best["wer"] == min(p["wer"] for p in record["grid"])
+    settings = json.loads((out / "result.dev.json").read_text())["settings"]
+    assert (settings["lm_weight"], settings["word_score"], settings["tuned_on"]) == (
+        best["lm_weight"], best["word_score"], "dev")
+    assert json.loads((out / "result.dev.json").read_text())["wer"] == best["wer"]
+    single = tmp_path / "single"
+    assert main(common + manifests + ["--output", str(single), "--lm-weight", str(best["lm_weight"]),
+                                      "--word-score", str(best["word_score"])]) == 0
+    for split in ("dev", "test"):
+        assert (single / f"hyp.{split}.txt").read_text() == (out / f"hyp.{split}.txt").read_text()
+    capsys.readouterr()
+    assert main(common + manifests + ["--output", str(out), "--lm-weight", "0", "1", "3",
+                                      "--word-score", "-1", "1", "--tune-on", "dev"]) == 0
+    assert "tune dev" not in capsys.readouterr().out  # the recorded choice is reused
+    os.utime(arpa, ns=(arpa.stat().st_atime_ns, arpa.stat().st_mtime_ns + 10**9))  # a rebuilt LM
+    assert main(common + manifests + ["--output", str(out), "--lm-weight", "0", "1", "3",
+                                      "--word-score", "-1", "1", "--tune-on", "dev"]) == 0
+    assert "chose lm_weight" in capsys.readouterr().out  # tuned again
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lm-weight", "1", "2"], "add --lm"),
+    (["--beam", "4", "--lm-weight", "1", "2", "--tune-on", "nope"], "none of the manifests"),
+    (["--beam", "4", "--tune-on", "dev"], "needs several"),
+])
+def test_evaluate_tuning_errors(corpus, capsys, tmp_path, extra, message):
+    root, data, model, _ = corpus
+    assert main(["evaluate", "--model", str(model), "--manifest", str(data / "dev.tsv"), "--output",
+                 str(tmp_path / "o"), "--quiet", "--device", "cpu", *extra]) == 2
+    assert message in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from speechcl.asr.decode import GreedyDecoder
-from speechcl.asr.evaluate import evaluate_split, make_batches
+from speechcl.asr.evaluate import evaluate_split, make_batches, split_logits
 from speechcl.data.manifest import Manifest
 
 from .conftest import noise
@@ -90,3 +90,25 @@ def test_audio_shorter_than_a_frame_decodes_to_nothing(recognizer, tmp_path):
                                 tmp_path / f"out{batch_size}", "dev", {}, batch_size=batch_size, progress=False)
         assert result.hypotheses[0] == ""
         assert result.score.words.reference_length == 2
+
+
+def test_precomputed_logits_decode_as_the_batched_model_does(recognizer, tmp_path):
+    """split_logits (one model pass, per-item logits trimmed to their frames) feeds evaluate_split to the
+    same hypotheses as decoding padded batches directly; audio shorter than a frame has no logits."""
+    sizes = [200, 9_000, 16_000, 11_500]
+    for i, n in enumerate(sizes):
+        sf.write(tmp_path / f"{i}.wav", noise(n, seed=20 + i).numpy(), 16_000)
+    manifest = Manifest(str(tmp_path), [f"{i}.wav" for i in range(len(sizes))], sizes)
+    refs = ["A", "B C", "D", "E F G"]
+    logits = split_logits(recognizer, manifest, batch_size=3, progress=False)
+    assert logits[0] is None
+    assert [x.shape[0] for x in logits[1:]] == [recognizer.num_frames(n) for n in sizes[1:]]
+    decoder = GreedyDecoder(recognizer.dictionary)
+    direct = evaluate_split(recognizer, decoder, manifest, refs, tmp_path / "a", "dev", {}, batch_size=4,
+                            progress=False)
+    cached = evaluate_split(recognizer, decoder, manifest, refs, tmp_path / "b", "dev", {}, batch_size=4,
+                            progress=False, logits=logits)
+    assert cached.hypotheses == direct.hypotheses and any(direct.hypotheses)
+    assert cached.score == direct.score
+    with pytest.raises(ValueError, match="3 logits for 4"):
+        evaluate_split(recognizer, decoder, manifest, refs, tmp_path / "c", "dev", {}, logits=logits[:3])

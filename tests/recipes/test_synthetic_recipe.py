@@ -35,6 +35,8 @@ def test_synthetic_recipe_tiny(tmp_path):
         assert (out / system / "decode" / "hyp.test-clean.txt").exists()
         lm_result = json.loads((out / system / "decode_lm" / "result.test-clean.json").read_text())
         assert lm_result["settings"]["decoder"] == "beam" and lm_result["settings"]["lm"].endswith("4gram.arpa")
+        assert lm_result["settings"]["tuned_on"] == "dev-clean"
+        assert len(json.loads((out / system / "decode_lm" / "tune.json").read_text())["grid"]) == 2
     lm_table = (out / "results_lm.md").read_text().strip().splitlines()
     assert lm_table[0] == lines[0] and len(lm_table) == 4
     assert len((out / "corpus" / "lm-text.txt").read_text().splitlines()) == 500
