@@ -4,7 +4,7 @@
 # Usage: recipes/synthetic/run.sh [--setting quick|full|tiny] [--out DIR] [--stage N] [--stop-stage N]
 #
 #   --setting quick  (default) ~10 min on 2 CPU cores; the README's `make demo`
-#   --setting full   ~1h45 on 2 CPU cores; more audio, longer pretraining and fine-tuning
+#   --setting full   ~1h55 on 2 CPU cores; more audio, longer pretraining and fine-tuning
 #   --setting tiny   a couple of minutes; what the end-to-end test runs (numbers are meaningless)
 #   --out DIR        experiment folder (default exp/synthetic-<setting>)
 #

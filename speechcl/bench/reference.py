@@ -20,6 +20,7 @@ from torch import nn
 from speechcl.interop.transformers import config_to_hf, speechcl_to_hf_state
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForPretraining
+from speechcl.training.trainer import autocast_context
 
 
 def require_transformers() -> ModuleType:
@@ -65,12 +66,11 @@ def reference_encoder(encoder: Wav2Vec2Encoder) -> nn.Module:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``fp32``: nothing; ``bf16``: ``torch.autocast(device.type, dtype=torch.bfloat16)``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    """The trainer's context for ``precision`` (:func:`speechcl.training.trainer.autocast_context`), so a
+    benchmark measures what training runs; the benchmarks compare ``fp32`` and ``bf16`` only."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return autocast_context(device, precision)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -154,9 +154,13 @@ def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tens
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """What training and validation run under for a resolved ``precision``: nothing for ``fp32``,
+    ``torch.autocast`` to bfloat16 for ``bf16`` and to float16 for ``fp16``."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16 here (resolve 'auto' first), got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -185,7 +189,7 @@ def evaluate(model: nn.Module, task: Task, loader: ResumableLoader, device: torc
         for position, batch in enumerate(loader):
             generator = torch.Generator(device).manual_seed(micro_seed(seed + 7919, 0, position * info.world_size
                                                                        + info.rank))
-            with _autocast(device, precision):
+            with autocast_context(device, precision):
                 out = task.forward(model, _to_device(batch, device), generator)
             _merge(sums, out.stats)
     model.train(was_training)
@@ -317,7 +321,7 @@ def train(
                 batch = _to_device(batch, device)
                 sync = info.enabled and i < len(group) - 1
                 with ddp_model.no_sync() if sync else contextlib.nullcontext():
-                    with _autocast(device, precision):
+                    with autocast_context(device, precision):
                         out = task.forward(ddp_model, batch, generator)
                     scaler.scale(out.loss).backward()
                 sample_size += out.sample_size

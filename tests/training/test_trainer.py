@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from speechcl.training.trainer import TaskOutput, resolve_precision, train
+from speechcl.training.trainer import TaskOutput, autocast_context, resolve_precision, train
 from tests.training.helpers import (
     BATCHES_PER_EPOCH,
     max_abs_diff,
@@ -170,3 +170,21 @@ def test_auto_precision_trains_in_what_it_resolves_to(manifest_dir: Path, tmp_pa
         train(model, task, train_loader, valid_loader, tmp_path / precision, trainer, optim, schedule)
         losses[precision] = [r["loss"] for r in read_log(tmp_path / precision) if r["split"] in ("train", "valid")]
     assert losses["auto"] == losses["bf16"] and len(losses["auto"]) == 3
+
+
+def test_bench_runs_under_the_trainers_autocast() -> None:
+    """The benchmarks' context is the trainer's (same dtype), restricted to the precisions they compare."""
+    from speechcl.bench.reference import autocast
+
+    cpu = torch.device("cpu")
+    x = torch.randn(4, 8)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with autocast(cpu, precision):
+            bench = (x @ x.T).dtype
+        with autocast_context(cpu, precision):
+            trainer = (x @ x.T).dtype
+        assert bench == trainer == dtype
+    with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
+        autocast(cpu, "fp16")
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        autocast_context(cpu, "auto")
