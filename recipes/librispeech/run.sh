@@ -60,7 +60,6 @@ synth_minutes=""
 pretrain_args=""
 finetune_args=""
 speechcl=${SPEECHCL:-speechcl}
-python=${PYTHON:-python}
 
 usage() { sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
@@ -158,19 +157,7 @@ if selected 0; then
           echo "$data/$p.tsv missing: train-960 needs all three training splits under $root" >&2; exit 1
         fi
       done
-      # train-960 = the three manifests (same root) and their transcripts, concatenated
-      $python -c 'import sys
-from speechcl.data.manifest import Manifest, read_manifest, write_manifest
-parts = [read_manifest(f"{sys.argv[1]}/{name}.tsv") for name in sys.argv[3:]]
-if len({m.root for m in parts}) != 1:
-    sys.exit(f"manifests have different roots: {sorted({m.root for m in parts})}")
-write_manifest(f"{sys.argv[1]}/{sys.argv[2]}.tsv", Manifest(
-    parts[0].root, [p for m in parts for p in m.paths], [n for m in parts for n in m.sizes]))' \
-        "$data" train-960 "${parts[@]}"
-      for ext in wrd ltr; do
-        for p in "${parts[@]}"; do cat "$data/$p.$ext"; done > "$data/train-960.$ext.tmp"
-        mv "$data/train-960.$ext.tmp" "$data/train-960.$ext"
-      done
+      $speechcl prepare combine "$data" train-960 "${parts[@]}"
     fi
     mark "$data" prepare
   fi

@@ -19,7 +19,13 @@ import sys
 import time
 from collections.abc import Callable
 
-from speechcl.data.prepare import REPORT_NAME, PrepareResult, prepare_audio, prepare_librispeech
+from speechcl.data.prepare import (
+    REPORT_NAME,
+    PrepareResult,
+    combine_splits,
+    prepare_audio,
+    prepare_librispeech,
+)
 from speechcl.data.subsets import parse_subset_spec
 from speechcl.data.synth import DEFAULT_TRAIN_SPLIT, SynthConfig, synthesize_corpus, write_lm_text
 
@@ -76,6 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audio.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
     _add_check_options(audio)
     audio.set_defaults(func=run_prepare_audio)
+
+    combine = kinds.add_parser(
+        "combine", help="concatenate prepared splits into one (e.g. LibriSpeech's train-960)",
+        description="Write DATA/NAME.tsv and its .wrd/.ltr labels (those every part has) as the parts' "
+                    "concatenation, in the order given; manifests under different roots are rebased onto "
+                    "their common directory.")
+    combine.add_argument("data", metavar="DATA", help="folder with the prepared <split>.tsv files")
+    combine.add_argument("name", metavar="NAME", help="name of the combined split (DATA/NAME.tsv)")
+    combine.add_argument("parts", nargs="+", metavar="SPLIT", help="splits to concatenate")
+    combine.set_defaults(func=run_prepare_combine)
 
 
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +153,18 @@ def run_prepare_audio(args: argparse.Namespace) -> int:
     result = prepare_audio(args.directory, args.out, valid_percent=args.valid_percent, extensions=args.ext.split(","),
                            seed=args.seed, verify=args.verify, workers=args.workers, progress=sys.stderr.isatty())
     return _summarise(result, args.out)
+
+
+@_user_errors
+def run_prepare_combine(args: argparse.Namespace) -> int:
+    try:
+        count, labels = combine_splits(args.data, args.name, args.parts)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    extra = f" with .{' and .'.join(labels)} labels" if labels else " (no labels)"
+    print(f"{args.name}: {count} items from {', '.join(args.parts)}{extra}")
+    return 0
 
 
 def _summarise(result: PrepareResult, out: str) -> int:

@@ -51,6 +51,24 @@ class Manifest:
         return int(sum(self.sizes))
 
 
+def combine_manifests(parts: Sequence[Manifest]) -> Manifest:
+    """The items of ``parts`` in order, as one manifest.
+
+    Parts under one root keep it and their paths; otherwise the root becomes the roots' common directory
+    and each path is made relative to it (so every ``full_path`` is unchanged).
+    """
+    if not parts:
+        raise ValueError("combine_manifests needs at least one manifest")
+    roots = {m.root for m in parts}
+    if len(roots) == 1:
+        return Manifest(parts[0].root, [p for m in parts for p in m.paths], [n for m in parts for n in m.sizes])
+    if len({os.path.isabs(r) for r in roots}) != 1:
+        raise ValueError(f"cannot combine manifests with absolute and relative roots: {sorted(roots)}")
+    common = os.path.commonpath(sorted(roots))
+    paths = [os.path.relpath(os.path.join(m.root, p), common) for m in parts for p in m.paths]
+    return Manifest(common, paths, [n for m in parts for n in m.sizes])
+
+
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """Parse a manifest file; raises ``ValueError`` naming the file and line when malformed."""
     path = Path(path)

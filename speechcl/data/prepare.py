@@ -46,8 +46,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from speechcl.audio.io import SAMPLE_RATE, AudioError, audio_info, load_audio
-from speechcl.data.labels import count_symbols, normalize_transcript, words_to_letters, write_dict
-from speechcl.data.manifest import Manifest, write_manifest
+from speechcl.data.labels import count_symbols, normalize_transcript, read_lines, words_to_letters, write_dict
+from speechcl.data.manifest import Manifest, combine_manifests, read_manifest, write_manifest
 from speechcl.data.subsets import LIBRILIGHT_DIR, LIBRILIGHT_SETS, SubsetSpec, find_librilight, select_subset
 from speechcl.utils.io import write_lines
 
@@ -349,6 +349,54 @@ def prepare_audio(directory: str | os.PathLike, out: str | os.PathLike, valid_pe
         result.items[name] = len(items)
     _write_report(out, result.report)
     return result
+
+
+def combine_splits(data_dir: str | os.PathLike, name: str, parts: Sequence[str],
+                   label_exts: Sequence[str] = ("wrd", "ltr")) -> tuple[int, list[str]]:
+    """Write ``<name>.tsv`` (and ``<name>.<ext>`` labels) in ``data_dir`` as the concatenation of the parts'.
+
+    LibriSpeech's ``train-960`` is ``train-clean-100``, ``train-clean-360`` and ``train-other-500``. A label
+    file is combined when every part has it; a part with only some of them is an error, as is a label file
+    whose line count differs from its manifest's. Every file is written atomically.
+
+    Returns:
+        the number of items and the label extensions written.
+    """
+    data = Path(data_dir)
+    if not parts:
+        raise ValueError("give at least one split to combine")
+    if name in parts:
+        raise ValueError(f"{name!r} is also one of the parts: choose another name for the combined split")
+    manifests = []
+    for part in parts:
+        path = data / f"{part}.tsv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: prepare split {part!r} first")
+        manifests.append(read_manifest(path))
+    written = []
+    label_lines: dict[str, list[str]] = {}
+    for ext in label_exts:
+        have = [p for p in parts if (data / f"{p}.{ext}").is_file()]
+        if not have:
+            continue
+        if len(have) != len(parts):
+            missing = [p for p in parts if p not in have]
+            raise FileNotFoundError(f"{data}: .{ext} labels exist for {have} but not for {missing}; "
+                                    "prepare every part the same way")
+        lines = []
+        for part, manifest in zip(parts, manifests):
+            part_lines = read_lines(data / f"{part}.{ext}")
+            if len(part_lines) != len(manifest):
+                raise ValueError(f"{data / f'{part}.{ext}'} has {len(part_lines)} lines for {len(manifest)} "
+                                 f"items in {part}.tsv: labels and manifest must be aligned")
+            lines.extend(part_lines)
+        label_lines[ext] = lines
+        written.append(ext)
+    combined = combine_manifests(manifests)
+    write_manifest(data / f"{name}.tsv", combined)
+    for ext, lines in label_lines.items():
+        write_lines(data / f"{name}.{ext}", lines)
+    return len(combined), written
 
 
 def _write_report(out: Path, rows: Sequence[ReportRow]) -> None:

@@ -202,3 +202,58 @@ def test_cli_reports_user_errors(tmp_path, capsys):
     assert main(["prepare", "librispeech", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert main(["prepare", "audio", str(tmp_path / "empty"), str(tmp_path / "o"), "--valid-percent", "2"]) == 2
     assert "valid_percent" in capsys.readouterr().err
+
+
+def _split(data: Path, name: str, root: str, items: list[tuple[str, int, str]], labels=("wrd", "ltr")) -> None:
+    """A prepared split written by hand: ``items`` are (relative path, samples, words)."""
+    lines = [root] + [f"{p}\t{n}" for p, n, _ in items]
+    (data / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    if "wrd" in labels:
+        (data / f"{name}.wrd").write_text("".join(f"{w}\n" for _, _, w in items))
+    if "ltr" in labels:
+        (data / f"{name}.ltr").write_text("".join(f"{words_to_letters(w)}\n" for _, _, w in items))
+
+
+def test_combine_splits_concatenates_manifests_and_labels(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _split(data, "a", "/corpus", [("a/1.flac", 100, "ONE"), ("a/2.flac", 200, "TWO WORDS")])
+    _split(data, "b", "/corpus", [("b/3.flac", 300, "THREE")])
+    assert main(["prepare", "combine", str(data), "ab", "a", "b"]) == 0
+    assert "ab: 3 items from a, b with .wrd and .ltr labels" in capsys.readouterr().out
+    combined = read_manifest(data / "ab.tsv")
+    assert combined.root == "/corpus" and combined.paths == ["a/1.flac", "a/2.flac", "b/3.flac"]
+    assert combined.sizes == [100, 200, 300]
+    assert read_lines(data / "ab.wrd") == ["ONE", "TWO WORDS", "THREE"]
+    assert read_lines(data / "ab.ltr") == read_lines(data / "a.ltr") + read_lines(data / "b.ltr")
+
+
+def test_combine_splits_rebases_other_roots_and_keeps_every_file(tmp_path: Path) -> None:
+    from speechcl.data.manifest import Manifest, combine_manifests
+
+    parts = [Manifest("/data/LibriSpeech", ["train-clean-100/1.flac"], [10]),
+             Manifest("/data/mine/wavs", ["x/2.wav"], [20])]
+    combined = combine_manifests(parts)
+    assert combined.root == "/data"
+    assert [combined.full_path(i) for i in range(2)] == [parts[0].full_path(0), parts[1].full_path(0)]
+    with pytest.raises(ValueError, match="absolute and relative"):
+        combine_manifests([parts[0], Manifest("relative/root", ["y.wav"], [5])])
+    with pytest.raises(ValueError, match="at least one"):
+        combine_manifests([])
+
+
+def test_combine_splits_errors_name_the_file(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _split(data, "a", "/c", [("1.flac", 1, "A")])
+    _split(data, "nolabels", "/c", [("2.flac", 2, "B")], labels=("wrd",))
+    assert main(["prepare", "combine", str(data), "x", "a", "missing"]) == 2
+    assert "missing.tsv not found" in capsys.readouterr().err
+    assert main(["prepare", "combine", str(data), "x", "a", "nolabels"]) == 2
+    assert ".ltr labels exist for ['a'] but not for ['nolabels']" in capsys.readouterr().err
+    assert main(["prepare", "combine", str(data), "a", "a", "nolabels"]) == 2
+    assert "also one of the parts" in capsys.readouterr().err
+    (data / "a.wrd").write_text("A\nEXTRA\n")
+    assert main(["prepare", "combine", str(data), "x", "a", "nolabels"]) == 2
+    assert "a.wrd has 2 lines for 1 items" in capsys.readouterr().err
+    assert not (data / "x.tsv").exists()  # nothing written on error

@@ -15,7 +15,7 @@ RUN = Path(__file__).resolve().parents[2] / "recipes" / "librispeech" / "run.sh"
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SPEECHCL=f"{sys.executable} -m speechcl", PYTHON=sys.executable)
+    env = dict(os.environ, SPEECHCL=f"{sys.executable} -m speechcl")
     return subprocess.run(["bash", str(RUN), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
