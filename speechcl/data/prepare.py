@@ -357,7 +357,9 @@ def combine_splits(data_dir: str | os.PathLike, name: str, parts: Sequence[str],
 
     LibriSpeech's ``train-960`` is ``train-clean-100``, ``train-clean-360`` and ``train-other-500``. A label
     file is combined when every part has it; a part with only some of them is an error, as is a label file
-    whose line count differs from its manifest's. Every file is written atomically.
+    whose line count differs from its manifest's. Every file is written atomically; a ``<name>.<ext>`` left
+    from an earlier combination whose parts had that label type is removed, since it would no longer be
+    aligned with the new manifest.
 
     Returns:
         the number of items and the label extensions written.
@@ -396,6 +398,9 @@ def combine_splits(data_dir: str | os.PathLike, name: str, parts: Sequence[str],
     write_manifest(data / f"{name}.tsv", combined)
     for ext, lines in label_lines.items():
         write_lines(data / f"{name}.{ext}", lines)
+    for ext in label_exts:
+        if ext not in label_lines:
+            (data / f"{name}.{ext}").unlink(missing_ok=True)
     return len(combined), written
 
 

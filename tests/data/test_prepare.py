@@ -226,6 +226,11 @@ def test_combine_splits_concatenates_manifests_and_labels(tmp_path: Path, capsys
     assert combined.sizes == [100, 200, 300]
     assert read_lines(data / "ab.wrd") == ["ONE", "TWO WORDS", "THREE"]
     assert read_lines(data / "ab.ltr") == read_lines(data / "a.ltr") + read_lines(data / "b.ltr")
+    # recombined from parts without letter labels: the old ab.ltr would be misaligned, so it goes
+    _split(data, "c", "/corpus", [("c/4.flac", 400, "FOUR")], labels=("wrd",))
+    _split(data, "d", "/corpus", [("d/5.flac", 500, "FIVE")], labels=("wrd",))
+    assert main(["prepare", "combine", str(data), "ab", "c", "d"]) == 0
+    assert read_lines(data / "ab.wrd") == ["FOUR", "FIVE"] and not (data / "ab.ltr").exists()
 
 
 def test_combine_splits_rebases_other_roots_and_keeps_every_file(tmp_path: Path) -> None:
