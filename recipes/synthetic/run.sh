@@ -3,7 +3,7 @@
 #
 # Usage: recipes/synthetic/run.sh [--setting quick|full|tiny] [--out DIR] [--stage N] [--stop-stage N]
 #
-#   --setting quick  (default) ~10 min on 2 CPU cores; the README's `make demo`
+#   --setting quick  (default) ~11 min on 2 CPU cores; the README's `make demo`
 #   --setting full   ~1h55 on 2 CPU cores; more audio, longer pretraining and fine-tuning
 #   --setting tiny   a couple of minutes; what the end-to-end test runs (numbers are meaningless)
 #   --out DIR        experiment folder (default exp/synthetic-<setting>)
@@ -49,7 +49,7 @@ ft_lr_pretrained=0.0005
 # perplexity on dev 400); full uses 100000 (1.7M words, perplexity 310, 37 s to estimate); 500 when tiny.
 lm_sentences=20000
 # Beam search: LM weights x word scores tried on dev, the lowest dev WER decodes test (full: 36 settings,
-# about 7 s each at beam 500 on 5 min of dev audio; quick: 9). Beam 500 as the wav2vec 2.0 paper's 4-gram
+# about 5 s each at beam 500 on 5.5 min of dev audio; quick: 9). Beam 500 as the wav2vec 2.0 paper's 4-gram
 # decoding; on full2's models it gave 5 points lower WER than beam 50.
 beam=500
 lm_weights="1 2 3"
