@@ -247,22 +247,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return _fail(ValueError(f"--tune-on {tune_on!r} is none of the manifests' splits {splits}"))
     try:
         recognizer = _recognizer(args, str(manifests[0].parent / "dict.ltr.txt"))
+        data = {split: (read_manifest(m), read_references(lab)) for m, lab, split in zip(manifests, labels, splits)}
         lm_weight, word_score = args.lm_weight[0], args.word_score[0]
         cached: dict[str, Any] = {}
         if grid:
-            k = splits.index(tune_on)
-            lm_weight, word_score, cached[tune_on] = _tune(
-                args, recognizer, read_manifest(manifests[k]), read_references(labels[k]), tune_on,
-                Path(args.output))
+            lm_weight, word_score, cached[tune_on] = _tune(args, recognizer, *data[tune_on], tune_on,
+                                                           Path(args.output))
         decoder = _decoder(args, recognizer.dictionary, lm_weight, word_score)
         settings = {"model": str(Path(args.model).resolve()), **_decoder_settings(args, lm_weight, word_score),
                     "normalize": recognizer.normalize}
         if grid:
             settings["tuned_on"] = tune_on
         results = []
-        for manifest_path, label_path, split in zip(manifests, labels, splits):
-            manifest = read_manifest(manifest_path)
-            references = read_references(label_path)
+        for split, (manifest, references) in data.items():
             result = evaluate_split(recognizer, decoder, manifest, references, args.output, split, settings,
                                     args.batch_size, args.max_tokens, progress=not args.quiet,
                                     logits=cached.get(split))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from tqdm import tqdm
 
@@ -154,14 +155,26 @@ def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest,
     return result
 
 
+def _forward_files(recognizer: Recognizer, paths: Sequence[str]) -> tuple[Tensor, Tensor, list[int]]:
+    """Run the model on audio files as one padded batch.
+
+    Returns logits ``[B', T, V]`` and frames ``[B']`` of the files at least one frame (25 ms) long, with
+    their positions in ``paths`` (``B' = 0`` and empty tensors when there are none).
+    """
+    waves = [load_audio(path)[0] for path in paths]
+    usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
+    if not usable:
+        return torch.empty(0, 0, len(recognizer.dictionary)), torch.empty(0, dtype=torch.int64), []
+    logits, lengths = recognizer.forward([waves[k] for k in usable])
+    return logits, lengths, usable
+
+
 def _decode_batch(recognizer: Recognizer, decoder: Decoder, paths: Sequence[str]) -> list[str]:
     """Transcripts of audio files decoded as one padded batch."""
-    waves = [load_audio(path)[0] for path in paths]
-    texts = [""] * len(paths)  # audio shorter than one frame (25 ms) decodes to nothing
-    usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
+    texts = [""] * len(paths)  # audio shorter than one frame decodes to nothing
+    logits, lengths, usable = _forward_files(recognizer, paths)
     if usable:
-        batch_logits, lengths = recognizer.forward([waves[k] for k in usable])
-        for k, text in zip(usable, decoder(batch_logits, lengths)):
+        for k, text in zip(usable, decoder(logits, lengths)):
             texts[k] = text
     return texts
 
@@ -178,12 +191,9 @@ def split_logits(recognizer: Recognizer, manifest: Manifest, batch_size: int = 8
     out: list[Tensor | None] = [None] * len(manifest)
     with tqdm(total=len(manifest), desc=desc, unit="utt", disable=not progress) as bar:
         for batch in make_batches(manifest.sizes, batch_size, max_tokens):
-            waves = [load_audio(manifest.full_path(i))[0] for i in batch]
-            usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
-            if usable:
-                batch_logits, lengths = recognizer.forward([waves[k] for k in usable])
-                for row, k in enumerate(usable):
-                    out[batch[k]] = batch_logits[row, : int(lengths[row])].clone()
+            logits, lengths, usable = _forward_files(recognizer, [manifest.full_path(i) for i in batch])
+            for row, k in enumerate(usable):
+                out[batch[k]] = logits[row, : int(lengths[row])].clone()
             bar.update(len(batch))
     return out
 
