@@ -101,13 +101,14 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _user_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report a ``ValueError`` (bad input: the message says what to do) as ``error: ...``, exit code 2."""
+    """Report a ``ValueError`` or ``FileNotFoundError`` (bad input: the message says what to do) as
+    ``error: ...``, exit code 2."""
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except ValueError as err:
+        except (ValueError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
 
@@ -157,11 +158,7 @@ def run_prepare_audio(args: argparse.Namespace) -> int:
 
 @_user_errors
 def run_prepare_combine(args: argparse.Namespace) -> int:
-    try:
-        count, labels = combine_splits(args.data, args.name, args.parts)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    count, labels = combine_splits(args.data, args.name, args.parts)
     extra = f" with .{' and .'.join(labels)} labels" if labels else " (no labels)"
     print(f"{args.name}: {count} items from {', '.join(args.parts)}{extra}")
     return 0
