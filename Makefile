@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.speechcl-installed
 
 .PHONY: install demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch/torchaudio first, pinned to a pair that works together (never the CPU-only 2.13.0+cpu wheel).

@@ -1,6 +1,6 @@
 """Run `speechcl bench all`: pretrain, inference and extract benchmarks, then a PASS/MISS table of the
-ratios against the targets of issue #7 (see speechcl/bench/commands.py for the options; about 8 minutes
-at the BASE defaults on 2 quiet CPU cores).
+ratios against their targets (see speechcl/bench/commands.py for the options; about 7 minutes at the
+BASE defaults on 2 CPU cores).
 
 Usage::
 

@@ -5,7 +5,7 @@ from speechcl.asr.decode import BeamSearchDecoder, GreedyDecoder, build_decoder,
 from speechcl.asr.lm import NgramLM, build_lm, estimate_kneser_ney, read_arpa, write_arpa, write_lexicon
 from speechcl.asr.recognizer import Recognizer, labels_to_dictionary, resolve_dictionary
 from speechcl.asr.score import ErrorCounts, Score, score
-from speechcl.asr.transcribe import chunked_logits, plan_windows, transcribe_files
+from speechcl.asr.transcribe import chunked_logits, transcribe_files
 
 __all__ = [
     "BeamSearchDecoder",
@@ -23,7 +23,6 @@ __all__ = [
     "estimate_kneser_ney",
     "greedy_decode",
     "labels_to_dictionary",
-    "plan_windows",
     "read_arpa",
     "resolve_dictionary",
     "score",

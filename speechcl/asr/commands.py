@@ -92,8 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lm = subparsers.add_parser("lm", help="word n-gram language models for beam search")
     lm_verbs = lm.add_subparsers(dest="lm_verb", metavar="ACTION", required=True)
     build = lm_verbs.add_parser(
-        "build", help="estimate an ARPA n-gram LM (interpolated Kneser-Ney) from transcripts",
-        description="Estimate an interpolated Kneser-Ney word n-gram model from transcripts (one sentence "
+        "build", help="estimate an ARPA n-gram LM (interpolated modified Kneser-Ney) from transcripts",
+        description="Estimate an interpolated modified Kneser-Ney word n-gram model from transcripts (one sentence "
                     "per line, e.g. train.wrd) and write it as ARPA (loadable by KenLM / flashlight); "
                     "optionally write the lexicon of its words for beam search.")
     build.add_argument("--text", required=True, metavar="WRD", help="training transcripts")
@@ -139,7 +139,7 @@ def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):
     (the ``dict.ltr.txt`` beside the manifest). Only an explicit ``--dict`` is checked against the
     checkpoint's labels; a corpus's own dictionary never overrides them."""
     from speechcl.asr.recognizer import Recognizer, resolve_dictionary
-    from speechcl.interop.export import load_model_with_metadata
+    from speechcl.interop.loading import load_model_with_metadata
     from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
 
     if args.dict is not None and not Path(args.dict).is_file():
@@ -164,60 +164,22 @@ def _decoder(args: argparse.Namespace, dictionary, lm_weight: float | None = Non
                          word_score=args.word_score if word_score is None else word_score)
 
 
-def _decoder_settings(args: argparse.Namespace, lm_weight: float | None = None,
-                      word_score: float | None = None) -> dict[str, Any]:
-    greedy = not (args.beam or args.lm or args.lexicon)
-    settings: dict[str, Any] = {"decoder": "greedy" if greedy else "beam"}
-    if not greedy:
-        settings.update(beam=args.beam or 50, lm=args.lm, lexicon=args.lexicon,
-                        lm_weight=args.lm_weight if lm_weight is None else lm_weight,
-                        word_score=args.word_score if word_score is None else word_score)
-    return settings
+def _tune(args: argparse.Namespace, recognizer, manifest, references, split: str):
+    """Choose the LM weight and word score on ``split`` (or read the choice back from ``tune.json``) and
+    print the grid; returns them with the split's logits (``None`` when read back)."""
+    from speechcl.asr.tuning import tune_split
 
-
-def _file_signature(path: str | Path) -> list[Any]:
-    """Size and modification time of a file, or of every file in a directory (a rewritten model or LM
-    changes it)."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-
-
-def _tune(args: argparse.Namespace, recognizer, manifest, references, split: str, out_dir: Path):
-    """Choose the LM weight and word score on ``split``; returns them with the split's logits.
-
-    ``tune.json`` in ``out_dir`` records the grid; a rerun with the same model and LM files, split,
-    references and grid reads the choice from it instead of decoding again (the logits are then ``None``)."""
-    import hashlib
-
-    from speechcl.asr.evaluate import split_logits, tune_decoder
-    from speechcl.utils.io import atomic_write_json
-
-    identity = {"model": str(Path(args.model).resolve()), **_decoder_settings(args, 0.0, 0.0),
-                "lm_weights": args.lm_weight, "word_scores": args.word_score, "split": split,
-                "paths": manifest.paths, "root": manifest.root, "references": list(references),
-                "files": [_file_signature(p) for p in (args.model, args.lm, args.lexicon) if p]}
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-    record_path = out_dir / "tune.json"
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("fingerprint") == fingerprint:
-            best = record["best"]
-            return float(best["lm_weight"]), float(best["word_score"]), None
-    logits = split_logits(recognizer, manifest, args.batch_size, args.max_tokens, progress=not args.quiet,
-                          desc=f"logits {split}")
-    base = _decoder(args, recognizer.dictionary, args.lm_weight[0], args.word_score[0])  # reads the LM once
-    best, points = tune_decoder(logits, references, base.reweighted, args.lm_weight, args.word_score,
-                                progress=not args.quiet)
-    for point in points:
+    outcome = tune_split(recognizer, manifest, references, split, args.output, model_path=args.model,
+                         lm_weights=args.lm_weight, word_scores=args.word_score, beam=args.beam, lm=args.lm,
+                         lexicon=args.lexicon, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                         progress=not args.quiet)
+    for point in outcome.points:
         print(f"tune {split}\tlm_weight {point.lm_weight:g}\tword_score {point.word_score:g}\t"
               f"WER {100 * point.score.wer:.2f}\tCER {100 * point.score.cer:.2f}")
-    print(f"tune {split}\tchose lm_weight {best.lm_weight:g}, word_score {best.word_score:g} "
-          f"(WER {100 * best.score.wer:.2f}, best of {len(points)})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record_path, {"split": split, "metric": "wer", "best": best.to_dict(),
-                                    "grid": [p.to_dict() for p in points], "fingerprint": fingerprint})
-    return best.lm_weight, best.word_score, logits
+    if outcome.best is not None:
+        print(f"tune {split}\tchose lm_weight {outcome.lm_weight:g}, word_score {outcome.word_score:g} "
+              f"(WER {100 * outcome.best.score.wer:.2f}, best of {len(outcome.points)})")
+    return outcome.lm_weight, outcome.word_score, outcome.logits
 
 
 def _fail(err: Exception) -> int:
@@ -226,9 +188,9 @@ def _fail(err: Exception) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from speechcl.asr.evaluate import default_references, evaluate_split, read_references
+    from speechcl.asr.evaluate import default_references, evaluate_split, read_references, update_summary
+    from speechcl.asr.tuning import decoder_settings
     from speechcl.data.manifest import read_manifest
-    from speechcl.utils.io import atomic_write_json
 
     manifests = [Path(m) for m in args.manifest]
     if args.labels is not None and len(args.labels) != len(manifests):
@@ -251,10 +213,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         lm_weight, word_score = args.lm_weight[0], args.word_score[0]
         cached: dict[str, Any] = {}
         if grid:
-            lm_weight, word_score, cached[tune_on] = _tune(args, recognizer, *data[tune_on], tune_on,
-                                                           Path(args.output))
+            lm_weight, word_score, cached[tune_on] = _tune(args, recognizer, *data[tune_on], tune_on)
         decoder = _decoder(args, recognizer.dictionary, lm_weight, word_score)
-        settings = {"model": str(Path(args.model).resolve()), **_decoder_settings(args, lm_weight, word_score),
+        settings = {"model": str(Path(args.model).resolve()),
+                    **decoder_settings(args.beam, args.lm, args.lexicon, lm_weight, word_score),
                     "normalize": recognizer.normalize}
         if grid:
             settings["tuned_on"] = tune_on
@@ -268,10 +230,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                   f"({result.score.utterances} utterances, {result.score.words.reference_length} words)")
     except (OSError, ValueError, RuntimeError) as err:
         return _fail(err)
-    summary_path = Path(args.output) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary.update({r.split: r.to_dict() for r in results})
-    atomic_write_json(summary_path, summary)
+    update_summary(args.output, results)
     return 0
 
 

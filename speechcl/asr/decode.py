@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -105,12 +106,7 @@ class BeamSearchDecoder:
     def __init__(self, dictionary: Dictionary, beam_size: int = 50, lm: str | os.PathLike | None = None,
                  lexicon: str | os.PathLike | None = None, lm_weight: float = 2.0, word_score: float = 0.0,
                  beam_threshold: float = 25.0, unk_score: float = float("-inf")) -> None:
-        try:
-            from torchaudio.models.decoder import ctc_decoder
-        except ImportError as err:  # pragma: no cover - depends on the install
-            raise ImportError(
-                "beam search needs flashlight-text: pip install flashlight-text (or speechcl[lm])"
-            ) from err
+        ctc_decoder = _ctc_decoder_factory()
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {beam_size}")
         self.dictionary = dictionary
@@ -142,8 +138,7 @@ class BeamSearchDecoder:
     def reweighted(self, lm_weight: float, word_score: float) -> BeamSearchDecoder:
         """The same search with another LM weight and word score, sharing this decoder's loaded LM
         (reading a large ARPA file takes seconds; a tuning grid reads it once)."""
-        from torchaudio.models.decoder import ctc_decoder
-
+        ctc_decoder = _ctc_decoder_factory()
         other = copy.copy(self)
         other._decoder = ctc_decoder(lm=self._decoder.lm, lm_weight=lm_weight, word_score=word_score,
                                      **self._options)
@@ -171,6 +166,21 @@ class BeamSearchDecoder:
             else:
                 texts.append(self.dictionary.decode_words(hyps[0].tokens.tolist()))
         return texts
+
+
+def _ctc_decoder_factory() -> Callable[..., Any]:
+    """torchaudio's ``ctc_decoder``, or an ``ImportError`` that says to install flashlight-text.
+
+    torchaudio imports its decoder lazily and reports a missing flashlight-text as a ``RuntimeError``
+    when ``ctc_decoder`` is first looked up, so both that and a missing torchaudio are caught here.
+    """
+    try:
+        from torchaudio.models.decoder import ctc_decoder
+    except (ImportError, RuntimeError) as err:
+        raise ImportError(
+            "beam search needs flashlight-text: pip install flashlight-text (or speechcl[lm])"
+        ) from err
+    return ctc_decoder
 
 
 def _is_arpa(path: str) -> bool:

@@ -37,35 +37,10 @@ from speechcl.asr.decode import Decoder
 from speechcl.asr.recognizer import Recognizer
 from speechcl.asr.score import Score, score
 from speechcl.audio.io import SAMPLE_RATE, load_audio
+from speechcl.data.batching import length_sorted_batches
 from speechcl.data.labels import normalize_transcript, read_lines
 from speechcl.data.manifest import Manifest
 from speechcl.utils.io import atomic_write_json, write_lines
-
-
-def make_batches(sizes: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Indices grouped into batches, longest items first (so padding stays small).
-
-    Args:
-        sizes: item lengths in samples.
-        batch_size: at most this many items per batch.
-        max_tokens: at most this many samples per batch counting padding (``len(batch) * longest``);
-            an item longer than it gets a batch of its own.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = sizes[current[0]] if current else sizes[i]
-        if current and (len(current) >= batch_size
-                        or (max_tokens is not None and (len(current) + 1) * longest > max_tokens)):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 @dataclass
@@ -128,7 +103,8 @@ def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest,
     if not done:
         partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
     todo = [i for i in range(len(manifest)) if i not in done]
-    batches = make_batches([manifest.sizes[i] for i in todo], batch_size, max_tokens)
+    sizes = [manifest.sizes[i] for i in todo]
+    batches = length_sorted_batches(sizes, max_tokens, batch_size, longest_first=True)
     start = time.perf_counter()
     with open(partial, "a", encoding="utf-8") as log, tqdm(
         total=len(manifest), initial=len(done), desc=f"decode {split}", unit="utt", disable=not progress,
@@ -190,7 +166,7 @@ def split_logits(recognizer: Recognizer, manifest: Manifest, batch_size: int = 8
     computed in padded batches as :func:`evaluate_split` does; ``None`` for audio shorter than one frame."""
     out: list[Tensor | None] = [None] * len(manifest)
     with tqdm(total=len(manifest), desc=desc, unit="utt", disable=not progress) as bar:
-        for batch in make_batches(manifest.sizes, batch_size, max_tokens):
+        for batch in length_sorted_batches(manifest.sizes, max_tokens, batch_size, longest_first=True):
             logits, lengths, usable = _forward_files(recognizer, [manifest.full_path(i) for i in batch])
             for row, k in enumerate(usable):
                 out[batch[k]] = logits[row, : int(lengths[row])].clone()
@@ -250,3 +226,14 @@ def read_references(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"reference transcripts {path} not found: pass --labels FILE.wrd")
     return read_lines(path)
+
+
+def update_summary(out_dir: str | os.PathLike, results: Sequence[SplitResult]) -> dict[str, Any]:
+    """Write ``out_dir/summary.json`` (split name -> :meth:`SplitResult.to_dict`, read by
+    :mod:`speechcl.asr.report`) with ``results`` added; splits from earlier runs into ``out_dir`` that are
+    not among them are kept. Returns the summary."""
+    path = Path(out_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update({r.split: r.to_dict() for r in results})
+    atomic_write_json(path, summary)
+    return summary

@@ -1,8 +1,9 @@
 """Word n-gram language models for CTC beam search: estimation, ARPA files and lexicons.
 
-:func:`estimate_kneser_ney` builds an interpolated Kneser-Ney model (Chen & Goodman 1998, one
-discount per order, ``D = n1 / (n1 + 2 n2)``) from transcripts, the smoothing KenLM's ``lmplz`` and
-SRILM's ``-kndiscount -interpolate`` use; :func:`write_arpa` writes it as an ARPA file that KenLM (and
+:func:`estimate_kneser_ney` builds an interpolated modified Kneser-Ney model from transcripts
+(Chen & Goodman 1998): three discounts per order (D1, D2, D3+ for adjusted counts 1, 2, 3 and more,
+from the order's count-of-counts), continuation counts for the lower orders, and the smoothing KenLM's
+``lmplz`` applies when it does not prune. :func:`write_arpa` writes it as an ARPA file that KenLM (and
 so flashlight-text / torchaudio's ``ctc_decoder``) loads directly. An interpolated model folds exactly
 into ARPA's backoff form: a listed n-gram carries its interpolated probability, a context carries the
 interpolation weight of its lower order as its backoff weight.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,33 +93,39 @@ class NgramLM:
         return total
 
 
-def _discount(counts: Iterable[int]) -> float:
-    """Kneser-Ney discount ``n1 / (n1 + 2 n2)`` from counts-of-counts; 0.5 when it is undefined."""
-    hist = Counter(c for c in counts if c <= 2)
-    n1, n2 = hist[1], hist[2]
-    if n1 == 0 or n2 == 0:
-        return 0.5  # too little data (toy corpora): a moderate fixed discount
-    d = n1 / (n1 + 2 * n2)
-    return min(max(d, 0.05), 0.95)
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # lmplz's --discount_fallback defaults
 
 
-def estimate_kneser_ney(sentences: Iterable[Sequence[str]], order: int = 3) -> NgramLM:
-    """Interpolated Kneser-Ney estimate from tokenised sentences (``<s>``/``</s>`` are added).
+def modified_kneser_ney_discounts(counts: Iterable[int]) -> tuple[float, float, float]:
+    """The discounts ``(D1, D2, D3+)`` of one order from its adjusted counts (Chen & Goodman 1998, eq. 26).
 
-    Counts: the highest order uses raw counts; lower orders use continuation counts (distinct left
-    contexts), except n-grams starting with ``<s>``, which keep raw counts (nothing precedes ``<s>``).
-    Every order interpolates with the next lower one; unigrams interpolate with the uniform
-    distribution over the predictable vocabulary (words, ``</s>``, ``<unk>``), so ``<unk>`` gets mass.
+    With ``n_k`` the number of n-grams whose adjusted count is exactly ``k``::
 
-    Args:
-        sentences: word sequences (no ``<s>``/``</s>``); empty ones count as ``<s> </s>``.
-        order: 1 to 6.
+        Y = n1 / (n1 + 2 n2)
+        D1 = 1 - 2 Y n2 / n1,   D2 = 2 - 3 Y n3 / n2,   D3+ = 3 - 4 Y n4 / n3
 
-    Returns:
-        the model; ``sum(10 ** lm.logprob(w, ctx) for w in vocab - {<s>}) == 1`` for any context.
+    When ``n1``, ``n2`` or ``n3`` is 0 (tiny or artificial corpora), or a discount falls outside
+    ``0 < D_k <= k``, the order uses :data:`FALLBACK_DISCOUNTS` ``(0.5, 1, 1.5)``, the values lmplz
+    substitutes with ``--discount_fallback`` (without that flag lmplz stops with an error). lmplz accepts
+    ``D_k = 0``; here it falls back too, since a context whose continuations all had a zero discount
+    would keep no mass for its lower order.
     """
-    if not 1 <= order <= MAX_ORDER:
-        raise ValueError(f"order must be between 1 and {MAX_ORDER}, got {order}")
+    n = Counter(c for c in counts if 1 <= c <= 4)
+    n1, n2, n3, n4 = n[1], n[2], n[3], n[4]
+    if n1 == 0 or n2 == 0 or n3 == 0:
+        return FALLBACK_DISCOUNTS
+    y = n1 / (n1 + 2 * n2)
+    discounts = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
+    if not all(0 < d <= k for k, d in enumerate(discounts, start=1)):
+        return FALLBACK_DISCOUNTS
+    return discounts
+
+
+def _raw_counts(sentences: Iterable[Sequence[str]], order: int) -> list[Counter[Ngram]]:
+    """Per order ``n`` (index ``n - 1``), how often each n-gram of ``<s> words </s>`` occurs.
+
+    ``<s>`` alone is not counted: it is never predicted.
+    """
     raw: list[Counter[Ngram]] = [Counter() for _ in range(order)]
     n_sentences = 0
     for sentence in sentences:
@@ -134,50 +141,70 @@ def estimate_kneser_ney(sentences: Iterable[Sequence[str]], order: int = 3) -> N
                     raw[n - 1][gram] += 1
     if n_sentences == 0:
         raise ValueError("cannot estimate a language model from no sentences")
+    return raw
 
-    # adjusted counts: raw at the top order and for <s>-initial n-grams, continuation counts otherwise
+
+def _adjusted_counts(raw: list[Counter[Ngram]]) -> list[Counter[Ngram]]:
+    """Kneser-Ney's adjusted counts: raw counts at the highest order and for n-grams starting with ``<s>``
+    (nothing precedes ``<s>``); below the highest order otherwise the continuation count, the number of
+    distinct words seen before the n-gram. ``<unk>`` is a unigram with adjusted count 0."""
+    order = len(raw)
     adjusted: list[Counter[Ngram]] = [Counter() for _ in range(order)]
-    adjusted[order - 1] = raw[order - 1]
+    adjusted[order - 1] = Counter(raw[order - 1])
     for n in range(order - 1, 0, -1):
-        cont: Counter[Ngram] = Counter()
-        for gram in raw[n]:  # order n + 1 grams
-            cont[gram[1:]] += 1
+        continuation: Counter[Ngram] = Counter(gram[1:] for gram in raw[n])  # raw[n] holds order n + 1
         for gram, count in raw[n - 1].items():
-            adjusted[n - 1][gram] = count if gram[0] == BOS else cont[gram]
-    discounts = [_discount(adjusted[n].values()) for n in range(order)]
+            adjusted[n - 1][gram] = count if gram[0] == BOS else continuation[gram]
+    adjusted[0].setdefault((UNK,), 0)
+    return adjusted
 
-    # per context: total adjusted count and number of distinct continuations, for each order >= 2
-    ctx_total: list[Counter[Ngram]] = [Counter() for _ in range(order)]
-    ctx_types: list[Counter[Ngram]] = [Counter() for _ in range(order)]
-    for n in range(1, order):
-        for gram, count in adjusted[n].items():
-            ctx_total[n][gram[:-1]] += count
-            ctx_types[n][gram[:-1]] += 1
 
-    words = sorted({g[0] for g in adjusted[0]} | {UNK, EOS})
-    vocab_size = len(words)  # predictable words; <s> is never predicted
-    total1 = sum(adjusted[0].values())
-    d1 = discounts[0]
-    gamma1 = d1 * len(adjusted[0]) / total1
+def estimate_kneser_ney(sentences: Iterable[Sequence[str]], order: int = 3) -> NgramLM:
+    """Interpolated modified Kneser-Ney estimate from tokenised sentences (``<s>``/``</s>`` are added).
+
+    The smoothing of Chen & Goodman (1998) as KenLM's ``lmplz`` computes it without pruning. Every
+    order works on adjusted counts ``a`` (raw counts at the highest order and for n-grams starting
+    with ``<s>``, continuation counts otherwise) and has its own three discounts ``D(a)``: D1, D2, D3+
+    for ``a = 1, 2, >= 3`` (:func:`modified_kneser_ney_discounts`, with its fallback for tiny corpora).
+    With ``ctx'`` the context without its oldest word::
+
+        p(w | ctx) = (a(ctx w) - D(a(ctx w))) / sum_x a(ctx x) + gamma(ctx) p(w | ctx')
+        gamma(ctx) = (D1 N1(ctx) + D2 N2(ctx) + D3+ N3+(ctx)) / sum_x a(ctx x)
+
+    where ``N_k(ctx)`` counts the words seen after ``ctx`` with adjusted count ``k`` (``3+``: at least
+    3). Unigrams interpolate with the uniform distribution over the predictable vocabulary (words,
+    ``</s>``, ``<unk>``; ``<s>`` is never predicted), so ``<unk>`` gets ``gamma() / |V|``. In the ARPA
+    form a listed n-gram carries ``p(w | ctx)`` and a context carries ``gamma(ctx)`` as its backoff.
+
+    Args:
+        sentences: word sequences (no ``<s>``/``</s>``); empty ones count as ``<s> </s>``.
+        order: 1 to 6.
+
+    Returns:
+        the model; ``sum(10 ** lm.logprob(w, ctx) for w in vocab - {<s>}) == 1`` for any context.
+    """
+    if not 1 <= order <= MAX_ORDER:
+        raise ValueError(f"order must be between 1 and {MAX_ORDER}, got {order}")
+    adjusted = _adjusted_counts(_raw_counts(sentences, order))
+    uniform = 1.0 / len(adjusted[0])  # the unigrams are the predictable vocabulary, <unk> included
     probs: list[dict[Ngram, float]] = [{} for _ in range(order)]
-    for w in words:
-        probs[0][(w,)] = max(adjusted[0][(w,)] - d1, 0.0) / total1 + gamma1 / vocab_size
-    for n in range(1, order):
-        d = discounts[n]
-        for gram, count in adjusted[n].items():
-            ctx = gram[:-1]
-            gamma = d * ctx_types[n][ctx] / ctx_total[n][ctx]
-            probs[n][gram] = (count - d) / ctx_total[n][ctx] + gamma * probs[n - 1][gram[1:]]
-
-    lm = NgramLM(order=order, logprobs=[{} for _ in range(order)])
-    lm.logprobs[0][(BOS,)] = _NO_PROB
+    lm = NgramLM(order=order, logprobs=[{(BOS,): _NO_PROB}] + [{} for _ in range(order - 1)])
     for n in range(order):
-        for gram in sorted(probs[n]):
+        d1, d2, d3 = modified_kneser_ney_discounts(adjusted[n].values())
+        discount = {0: 0.0, 1: d1, 2: d2}
+        totals: Counter[Ngram] = Counter()
+        removed: defaultdict[Ngram, float] = defaultdict(float)  # per context: what the discounts take away
+        for gram, count in adjusted[n].items():
+            totals[gram[:-1]] += count
+            removed[gram[:-1]] += discount.get(count, d3)
+        for gram in sorted(adjusted[n]):
+            count, ctx = adjusted[n][gram], gram[:-1]
+            lower = probs[n - 1][gram[1:]] if n else uniform
+            probs[n][gram] = (count - discount.get(count, d3) + removed[ctx] * lower) / totals[ctx]
             lm.logprobs[n][gram] = math.log10(probs[n][gram])
-    for n in range(1, order):
-        d = discounts[n]
-        for ctx, total in ctx_total[n].items():
-            lm.backoffs[ctx] = math.log10(d * ctx_types[n][ctx] / total)
+        if n:
+            for ctx, total in totals.items():
+                lm.backoffs[ctx] = math.log10(removed[ctx] / total)
     return lm
 
 

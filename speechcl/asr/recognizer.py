@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from speechcl.audio.io import SAMPLE_RATE
+from speechcl.audio.io import SAMPLE_RATE, normalize_wave
 from speechcl.data.labels import SPECIAL_SYMBOLS, Dictionary
-from speechcl.interop.export import ModelMetadata, read_metadata
+from speechcl.interop.loading import ModelMetadata, read_metadata
+from speechcl.models.feature_encoder import conv_geometry, num_frames
 from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
 
 
@@ -49,7 +49,7 @@ def labels_to_dictionary(labels: Sequence[str], source: str) -> Dictionary:
 def checkpoint_dictionary(path: str | os.PathLike, metadata: ModelMetadata | None = None) -> Dictionary | None:
     """The dictionary a checkpoint carries (speechcl ``labels`` or transformers ``vocab.json``), if any.
 
-    ``metadata`` (from :func:`~speechcl.interop.export.read_metadata`) avoids reading the checkpoint again.
+    ``metadata`` (from :func:`~speechcl.interop.loading.read_metadata`) avoids reading the checkpoint again.
     """
     if metadata is None:
         metadata = read_metadata(path) if Path(path).is_dir() else ModelMetadata()
@@ -121,14 +121,12 @@ class Recognizer:
 
     @property
     def hop(self) -> int:
-        hop = 1
-        for _, _, stride in self.model.cfg.conv_layers:
-            hop *= stride
-        return hop
+        """Samples between frames (320 for wav2vec 2.0)."""
+        return conv_geometry(self.model.cfg.conv_layers)[0]
 
     def num_frames(self, num_samples: int) -> int:
         """Output frames for ``num_samples`` at 16 kHz."""
-        return int(self.model.encoder.output_lengths(torch.tensor([num_samples]))[0])
+        return num_frames(num_samples, self.model.cfg.conv_layers)
 
     @torch.inference_mode()
     def forward(self, waves: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -143,9 +141,7 @@ class Recognizer:
             if wave.dim() != 1:
                 raise ValueError(f"expected 1-D waveforms [samples], got shape {tuple(wave.shape)}")
             wave = wave.float()
-            if self.normalize:
-                wave = F.layer_norm(wave, wave.shape)
-            rows.append(wave)
+            rows.append(normalize_wave(wave) if self.normalize else wave)
         longest = max(w.shape[0] for w in rows)
         if self.num_frames(longest) < 1:
             raise ValueError(f"audio of {longest} samples is shorter than one frame of the model")

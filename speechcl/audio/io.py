@@ -8,12 +8,17 @@ transcription) goes through :func:`load_audio`, so a file gives the same samples
 - audio at another rate is resampled to ``target_sr`` with ``torchaudio.functional.resample``
   (its default windowed-sinc kernel); the result has ``ceil(frames * target_sr / sr)`` samples,
   which :func:`resampled_length` computes from the header alone.
+
+Folders are searched for audio by :func:`find_audio_files` with the extensions of
+:data:`AUDIO_EXTENSIONS`, so ``prepare audio`` and ``extract`` see the same files in the same folder;
+:func:`normalize_wave` is the per-utterance normalisation of datasets, recognition and extraction.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +26,15 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from torch.nn import functional as F
 
 SAMPLE_RATE = 16_000
 """The sample rate every model in speechcl consumes (wav2vec 2.0 is trained on 16 kHz audio)."""
+
+
+AUDIO_EXTENSIONS: tuple[str, ...] = ("flac", "wav", "ogg", "mp3", "opus", "aiff", "aif", "sph")
+"""File extensions (lower case, no dot) of the formats libsndfile decodes, which every verb that searches
+a folder for audio looks for by default (:func:`find_audio_files`)."""
 
 
 class AudioError(ValueError):
@@ -90,6 +101,30 @@ def resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
     if orig_sr == target_sr:
         return wave
     return AF.resample(wave, orig_sr, target_sr)
+
+
+def normalize_wave(wave: torch.Tensor) -> torch.Tensor:
+    """Zero mean and unit variance over a whole utterance ``[samples]`` (fairseq ``normalize=True``, what
+    LARGE LV-60 models expect); a constant waveform becomes zeros."""
+    if wave.dim() != 1:
+        raise ValueError(f"normalize_wave expects one utterance [samples], got shape {tuple(wave.shape)}")
+    return F.layer_norm(wave, wave.shape)
+
+
+def find_audio_files(directory: str | os.PathLike,
+                     extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Audio files below ``directory``, recursively, by extension (case-insensitive, with or without a dot).
+
+    Hidden files and folders (names starting with ``.``) are skipped and folder links are followed. Files
+    come in walk order: folders and names sorted, a folder's files before its subfolders' files.
+    """
+    wanted = {e.strip().lower().lstrip(".") for e in extensions if e.strip()}
+    found = []
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / name for name in sorted(files)
+                  if not name.startswith(".") and Path(name).suffix.lower().lstrip(".") in wanted]
+    return found
 
 
 def load_audio(path: str | os.PathLike, target_sr: int | None = SAMPLE_RATE) -> tuple[torch.Tensor, AudioInfo]:

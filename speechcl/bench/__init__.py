@@ -1,4 +1,4 @@
-"""Benchmarks of issue #7: speechcl against transformers' Wav2Vec2 on the same config and weights.
+"""Benchmarks of speechcl against transformers' Wav2Vec2 on the same config and weights.
 
 - :mod:`speechcl.bench.pretrain` — a pretraining step: speed (fp32, bf16), peak memory, FLOP/s against a
   matmul, and the bf16-vs-fp32 loss trajectory;

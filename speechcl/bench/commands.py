@@ -1,4 +1,4 @@
-"""The ``bench`` verb: speed, memory and accuracy of speechcl against transformers (issue #7).
+"""The ``bench`` verb: speed, memory and accuracy of speechcl against transformers.
 
 Usage::
 
@@ -13,8 +13,8 @@ Usage::
 Each benchmark times speechcl and its reference alternately (A B A B ...) after warm-up rounds, prints
 medians and ratios, and with ``--json`` also writes its results (atomically). ``--quick`` is a smoke run
 (tiny config, one round, few files); explicit options still win. ``all`` ends with a table of the ratios
-against the issue's targets, PASS or MISS; a miss is reported, not an exit status. Exit status: 0, or 2
-for bad arguments (or transformers missing).
+against the targets of :mod:`speechcl.bench.report`, PASS or MISS; a miss is reported, not an exit
+status. Exit status: 0, or 2 for bad arguments (or transformers missing).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from speechcl.models.config import PRESETS
 
-# (normal, --quick) defaults per benchmark; ``all`` uses the ALL_* budget so that it fits ~10 minutes.
+# (normal, --quick) defaults per benchmark; ``all`` uses the ALL_* budget: about 7 minutes on 2 CPU cores.
 PRETRAIN = {"config": ("base", "tiny"), "reps": (3, 1), "warmup": (1, 1), "trajectory_config": ("small", "tiny"),
             "matmul_size": (2048, 512)}
 INFERENCE = {"config": ("base", "tiny"), "reps": (5, 1), "warmup": (1, 1), "batch_sizes": ("1,4", "1")}
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ext.set_defaults(func=run_benchmark)
 
     every = sub.add_parser("all", help="the three benchmarks and a PASS/MISS table against the targets",
-                           description="pretrain, inference and extract with a budget that fits about 10 minutes "
+                           description="pretrain, inference and extract with a budget that takes about 7 minutes "
                                        "on 2 CPU cores at the BASE config, then the targets table.")
     _common(every)
     _pretrain_options(every)

@@ -36,11 +36,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from speechcl.bench.reference import environment, resolve_device
+from speechcl.bench.reference import environment
 from speechcl.bench.timing import alternate, speed_ratio
 from speechcl.interop.export import export_to_transformers
 from speechcl.models.config import preset
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder
+from speechcl.utils.device import resolve_device
 
 SAMPLE_RATE = 16_000
 OURS, THEIRS = "speechcl_extract", "transformers_loop"

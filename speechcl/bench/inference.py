@@ -17,10 +17,11 @@ import torch
 from torch.nn import functional as F
 
 from speechcl.bench.pretrain import random_batch
-from speechcl.bench.reference import autocast, environment, reference_encoder, resolve_device
+from speechcl.bench.reference import autocast, environment, reference_encoder
 from speechcl.bench.timing import alternate, speed_ratio
 from speechcl.models.config import preset
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder
+from speechcl.utils.device import resolve_device
 
 OURS_FP32, OURS_BF16, THEIRS_FP32 = "speechcl_fp32", "speechcl_bf16", "transformers_fp32"
 SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16)

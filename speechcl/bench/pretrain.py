@@ -37,12 +37,13 @@ from torch import Tensor, nn
 
 from speechcl.bench.flops import count_flops, matmul_call
 from speechcl.bench.memory import measure_in_subprocess
-from speechcl.bench.reference import autocast, environment, reference_pretraining, resolve_device
+from speechcl.bench.reference import autocast, environment, reference_pretraining
 from speechcl.bench.timing import alternate, speed_ratio
 from speechcl.models.config import Wav2Vec2Config, preset
 from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechcl.training.pretrain import LossConfig, PretrainTask
 from speechcl.training.trainer import OptimConfig, build_optimizer
+from speechcl.utils.device import resolve_device
 
 SAMPLE_RATE = 16_000
 OURS_FP32, OURS_BF16, THEIRS_FP32, MATMUL = "speechcl_fp32", "speechcl_bf16", "transformers_fp32", "matmul_fp32"
@@ -56,7 +57,7 @@ Step = Callable[[], float]
 class PretrainBenchConfig:
     """What :func:`run_pretrain_bench` measures.
 
-    ``config`` is a preset name (``base`` for the issue's figures; ``small``/``tiny`` for quick runs);
+    ``config`` is a preset name (``base`` for the target figures; ``small``/``tiny`` for quick runs);
     ``trajectory_config`` the preset of the bf16-vs-fp32 loss check (``None`` skips it).
     """
 

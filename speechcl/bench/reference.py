@@ -73,16 +73,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return autocast_context(device, precision)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; ``cuda`` without a GPU is a ``ValueError``."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda[:N], got {name!r}")
-    return device
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """What the figures depend on: versions, threads, processor or GPU."""
     transformers = require_transformers()

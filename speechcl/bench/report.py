@@ -1,4 +1,4 @@
-"""Targets of issue #7 and the summary table that checks benchmark results against them.
+"""The benchmark targets and the summary table that checks benchmark results against them.
 
 A target reads one ratio from the results (``{"pretrain": ..., "inference": ..., "extract": ...}``, each
 as returned by its ``run_*_bench``) and says PASS or MISS; a missing figure (a part switched off or not
@@ -38,7 +38,7 @@ class Target:
 
 
 def targets(batch_sizes: list[str] | tuple[str, ...] = ("1",)) -> list[Target]:
-    """The issue's targets; the inference ones once per measured batch size."""
+    """The speed, memory and accuracy targets; the inference ones once per measured batch size."""
     out = [
         Target("pretrain fp32: speed vs transformers fp32", ("pretrain", "ratios", "speed_fp32"), 1.5),
         Target("pretrain fp32: step peak memory vs transformers", ("pretrain", "ratios", "memory_fp32"), 0.8,

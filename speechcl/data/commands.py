@@ -7,7 +7,7 @@ Usage::
                        [--lm-sentences N]
     speechcl prepare librispeech ROOT OUT [--splits S ...] [--subset SPLIT:DURATION ...] [--seed 0]
                                           [--verify] [--workers N]
-    speechcl prepare audio DIR OUT [--valid-percent 0.01] [--ext flac,wav] [--seed 42] [--verify]
+    speechcl prepare audio DIR OUT [--valid-percent 0.01] [--ext flac,wav,...] [--seed 42] [--verify]
                                    [--workers N]
 """
 
@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from speechcl.audio.io import AUDIO_EXTENSIONS
 from speechcl.data.prepare import (
     REPORT_NAME,
     PrepareResult,
@@ -78,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audio.add_argument("out", metavar="OUT", help="output directory")
     audio.add_argument("--valid-percent", type=float, default=0.01,
                        help="fraction of files held out for valid.tsv (default 0.01)")
-    audio.add_argument("--ext", default="flac,wav", help="comma-separated extensions (default flac,wav)")
+    audio.add_argument("--ext", default=",".join(AUDIO_EXTENSIONS),
+                       help=f"comma-separated extensions (default {','.join(AUDIO_EXTENSIONS)})")
     audio.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
     _add_check_options(audio)
     audio.set_defaults(func=run_prepare_audio)

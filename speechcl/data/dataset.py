@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from speechcl.audio.io import SAMPLE_RATE, load_audio
+from speechcl.audio.io import SAMPLE_RATE, load_audio, normalize_wave
 from speechcl.data.labels import Dictionary, read_lines
 from speechcl.data.manifest import Manifest, read_manifest
 
@@ -51,11 +50,6 @@ def crop_offset(length: int, size: int, seed: int, epoch: int, index: int, strea
     if size >= length:
         return 0
     return int(np.random.default_rng([seed, epoch, index, stream]).integers(0, length - size + 1))
-
-
-def normalize_wave(wave: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over the whole utterance ``[samples]`` (fairseq ``normalize=True``)."""
-    return F.layer_norm(wave, wave.shape)
 
 
 class AudioDataset(torch.utils.data.Dataset):

@@ -13,7 +13,9 @@ such directory under ``root``):
   each requested random subset, see :mod:`speechcl.data.subsets`.
 
 ``prepare_audio(directory, out)`` writes ``train.tsv`` and ``valid.tsv`` for unlabeled audio: every
-file with one of the given extensions under ``directory``, ``valid_percent`` of them (seeded) held out.
+file with one of the given extensions under ``directory`` (by default every format libsndfile reads,
+:data:`speechcl.audio.io.AUDIO_EXTENSIONS`; hidden files and folders skipped, the same files
+``extract`` finds), ``valid_percent`` of them (seeded) held out.
 
 Bad files never stop preparation; ``OUT/prepare_report.tsv`` lists them with columns
 ``split, path, action, reason``:
@@ -45,14 +47,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from speechcl.audio.io import SAMPLE_RATE, AudioError, audio_info, load_audio
+from speechcl.audio.io import (
+    AUDIO_EXTENSIONS,
+    SAMPLE_RATE,
+    AudioError,
+    audio_info,
+    find_audio_files,
+    load_audio,
+)
 from speechcl.data.labels import count_symbols, normalize_transcript, read_lines, words_to_letters, write_dict
 from speechcl.data.manifest import Manifest, combine_manifests, read_manifest, write_manifest
 from speechcl.data.subsets import LIBRILIGHT_DIR, LIBRILIGHT_SETS, SubsetSpec, find_librilight, select_subset
 from speechcl.utils.io import write_lines
 
 REPORT_NAME = "prepare_report.tsv"
-AUDIO_EXTENSIONS: tuple[str, ...] = ("flac", "wav")
 
 
 @dataclass
@@ -322,12 +330,7 @@ def prepare_audio(directory: str | os.PathLike, out: str | os.PathLike, valid_pe
     exts = {e.strip().lower().lstrip(".") for e in extensions if e.strip()}
     if not exts:
         raise ValueError("no extensions given; pass e.g. --ext flac,wav")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        paths += [os.path.join(dirpath, n) for n in filenames
-                  if n.rsplit(".", 1)[-1].lower() in exts and "." in n and not n.startswith(".")]
-    paths.sort(key=lambda p: _rel(p, root))
+    paths = sorted((str(p) for p in find_audio_files(root, exts)), key=lambda p: _rel(p, root))
     out.mkdir(parents=True, exist_ok=True)
     result = PrepareResult()
     usable = []

@@ -1,10 +1,10 @@
 """Length-bucketed batching by total samples, DDP-aware and resumable mid-epoch.
 
-The pure part, :func:`batch_by_size`, sorts items by length (ties broken by a seeded shuffle, so
-batch composition changes from epoch to epoch) and packs neighbours greedily so that
-``len(batch) * max(size in batch) <= max_tokens``: the padded size of every batch stays within
-``max_tokens`` (fairseq's ``--max-tokens``), and similar lengths share a batch so little is padded.
-The batch order is then shuffled with ``(seed, epoch)``.
+The pure part, :func:`batch_by_size`, packs items shortest first with
+:func:`speechcl.data.batching.length_sorted_batches` (ties broken by a seeded shuffle, so batch
+composition changes from epoch to epoch): the padded size ``len(batch) * max(size in batch)`` of every
+batch stays within ``max_tokens`` (fairseq's ``--max-tokens``), and similar lengths share a batch so
+little is padded. The batch order is then shuffled with ``(seed, epoch)``.
 
 Sizes are the lengths *as batched* (after cropping to ``max_sample_size``; see
 :attr:`speechcl.data.dataset.AudioDataset.sizes`). An item longer than ``max_tokens`` is rejected
@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from speechcl.data.batching import length_sorted_batches
+
 
 def batch_by_size(sizes: Sequence[int] | np.ndarray, max_tokens: int, max_batch_size: int | None = None,
                   seed: int | None = 0, epoch: int = 0) -> list[list[int]]:
@@ -53,27 +55,13 @@ def batch_by_size(sizes: Sequence[int] | np.ndarray, max_tokens: int, max_batch_
         raise ValueError(f"sizes must be 1-D [num_items], got shape {sizes.shape}")
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    if max_batch_size is not None and max_batch_size <= 0:
-        raise ValueError(f"max_batch_size must be positive or None, got {max_batch_size}")
     too_long = np.nonzero(sizes > max_tokens)[0]
     if too_long.size:
         i = int(too_long[0])
         raise ValueError(f"item {i} has {int(sizes[i])} samples > max_tokens={max_tokens} ({too_long.size} such "
                          "items); raise max_tokens, crop with max_sample_size or filter long items")
     rng = None if seed is None else np.random.default_rng([seed, epoch])
-    order = np.arange(len(sizes)) if rng is None else rng.permutation(len(sizes))
-    order = order[np.argsort(sizes[order], kind="stable")]
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    for index in order.tolist():
-        size = int(sizes[index])  # ascending order: the newcomer is the batch's longest item
-        full = max_batch_size is not None and len(batch) >= max_batch_size
-        if batch and (full or (len(batch) + 1) * size > max_tokens):
-            batches.append(batch)
-            batch = []
-        batch.append(index)
-    if batch:
-        batches.append(batch)
+    batches = length_sorted_batches(sizes, max_tokens, max_batch_size, rng=rng)
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches

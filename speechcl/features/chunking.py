@@ -1,14 +1,18 @@
-"""Pure planning for feature extraction: overlapping chunks of long audio, and batches under a sample budget.
+"""Cutting long audio into overlapping chunks whose outputs stitch into the whole file's frames.
 
-Frame geometry of the conv feature encoder (no padding): output frame ``t`` sees samples
+One planner for every verb that runs a model on audio of any length (``extract``, ``transcribe``,
+``align``). Frame geometry of the conv feature encoder (no padding,
+:func:`~speechcl.models.feature_encoder.conv_geometry`): output frame ``t`` sees samples
 ``[t * hop, t * hop + receptive_field)`` and exists iff that window lies inside the input, so a file of
 ``L`` samples has ``T = conv_output_lengths(L)`` frames (BASE: hop 320, receptive field 400).
 
 Chunking: windows of ``W`` frames (the most that fit in ``chunk_samples``) start every ``W - V`` frames,
-where ``V`` is the overlap in frames; the last window is shifted left to end exactly at frame ``T`` so every
-window has the same length. Each frame is taken from the window in which it lies farthest from an edge
-(the overlap is split in half), and the kept ranges tile ``[0, T)`` exactly — the stitched output has the
-whole-file frame count.
+where ``V`` is the overlap in frames (``0 <= V < W``); the last window is shifted left to end exactly at
+frame ``T`` so every window has the same length. A window starts at a multiple of the hop, so its frame
+``j`` sees the same samples as frame ``start / hop + j`` of the whole file. Each frame is taken from the
+window in which it lies farthest from an edge (the overlap is split in half), and the kept ranges tile
+``[0, T)`` exactly: the stitched output has the whole-file frame count. The last window ends at the last
+sample any frame sees, so up to ``hop - 1`` trailing samples that no frame covers are not fed to the model.
 """
 
 from __future__ import annotations
@@ -16,10 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from speechcl.models.config import ConvSpec
-from speechcl.models.feature_encoder import conv_output_lengths
+from speechcl.models.feature_encoder import conv_geometry, num_frames
 
 
 @dataclass(frozen=True)
@@ -43,20 +45,6 @@ class Chunk:
         return self.end - self.start
 
 
-def conv_geometry(conv_layers: Sequence[ConvSpec]) -> tuple[int, int]:
-    """``(hop, receptive_field)`` in samples of a conv stack (BASE: ``(320, 400)``)."""
-    hop, field = 1, 1
-    for _, kernel, stride in conv_layers:
-        field += (kernel - 1) * hop
-        hop *= stride
-    return hop, field
-
-
-def num_frames(num_samples: int, conv_layers: Sequence[ConvSpec]) -> int:
-    """Frames for ``num_samples`` samples (the whole-file formula)."""
-    return int(conv_output_lengths(torch.tensor([num_samples]), conv_layers)[0])
-
-
 def plan_chunks(num_samples: int, conv_layers: Sequence[ConvSpec], chunk_samples: int | None = None,
                 overlap_samples: int = 0) -> list[Chunk]:
     """Split a file of ``num_samples`` samples into overlapping windows (see the module docstring).
@@ -65,10 +53,12 @@ def plan_chunks(num_samples: int, conv_layers: Sequence[ConvSpec], chunk_samples
         num_samples: file length in samples (at 16 kHz).
         conv_layers: the model's ``(dim, kernel, stride)`` feature-encoder layers.
         chunk_samples: longest window in samples; ``None`` or a file no longer than it: one window.
-        overlap_samples: overlap of consecutive windows in samples (rounded to whole frames).
+        overlap_samples: overlap of consecutive windows in samples, rounded to whole frames; at least 0
+            and fewer frames than a window.
 
     Raises:
-        ValueError: the file is shorter than the receptive field, or the overlap leaves no step.
+        ValueError: the file or a window is shorter than the receptive field, or the overlap is negative
+            or not shorter than a window.
     """
     hop, field = conv_geometry(conv_layers)
     total = num_frames(num_samples, conv_layers)
@@ -96,26 +86,3 @@ def plan_chunks(num_samples: int, conv_layers: Sequence[ConvSpec], chunk_samples
               frame_offset=bounds[k])
         for k, s in enumerate(starts)
     ]
-
-
-def batch_by_budget(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group indices into batches whose padded size ``len(batch) * max(length)`` stays ``<= max_tokens``.
-
-    Longest first (ties by index), neighbours together so little is padded; an item longer than the budget
-    forms a batch of its own.
-    """
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    for index in order:
-        if batch:
-            longest = lengths[batch[0]]
-            if (len(batch) + 1) * longest > max_tokens:
-                batches.append(batch)
-                batch = []
-        batch.append(index)
-    if batch:
-        batches.append(batch)
-    return batches

@@ -5,7 +5,7 @@ Usage::
     speechcl extract --model PATH --input PATH --output DIR [--layers last|all|6|0,6,12]
                      [--format npy|shards|hdf5] [--max-tokens 960000] [--chunk-seconds 60 --overlap-seconds 4]
                      [--device auto|cpu|cuda|cuda:1] [--dtype float32|bfloat16] [--shard I/N]
-                     [--num-workers N] [--threads N] [--ext flac,wav] [--[no-]normalize] [--overwrite]
+                     [--num-workers N] [--threads N] [--ext flac,wav,...] [--[no-]normalize] [--overwrite]
 
 Exit status: 0 when every input has its output, 1 when some inputs failed (listed in ``DIR/failed*.tsv``;
 rerun to retry them), 2 for bad arguments or an unusable model / input list.
@@ -19,9 +19,11 @@ import sys
 
 import torch
 
+from speechcl.audio.io import AUDIO_EXTENSIONS
 from speechcl.features.extract import FORMATS, extract_to_directory
 from speechcl.features.extractor import DEFAULT_MAX_TOKENS
-from speechcl.features.inputs import AUDIO_EXTENSIONS, parse_shard
+from speechcl.features.inputs import parse_shard
+from speechcl.utils.device import resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "extract", help="write hidden-state features of audio files (resumable, batched, sharded)",
         description="Extract wav2vec 2.0 hidden states for an audio file, a directory (recursively), a .tsv "
                     "manifest or a Kaldi wav.scp. Outputs are written atomically and existing ones are "
-                    "skipped, so an interrupted run continues where it stopped. Group-norm models (BASE) "
-                    "are batched only with inputs of identical length, since padding changes their output.")
+                    "skipped, so an interrupted run continues where it stopped. Inputs of different lengths "
+                    "share padded batches, group-norm models (BASE) included: the group norm's statistics "
+                    "skip each input's padding, so batched features equal one-by-one features.")
     p.add_argument("--model", required=True, help="speechcl checkpoint dir, transformers dir or fairseq .pt")
     p.add_argument("--input", required=True, help="audio file, directory, .tsv manifest or wav.scp")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory")
@@ -66,15 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_extract)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; a bare ``cuda`` follows torchrun's ``LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return torch.device(name)
-
-
 def default_threads() -> int:
     """CPUs available to this process, shared among torchrun's processes on this machine."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -84,7 +78,7 @@ def default_threads() -> int:
 def run_extract(args: argparse.Namespace) -> int:
     try:
         shard = parse_shard(args.shard)
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, "--device")
         if args.max_tokens <= 0 or args.chunk_seconds < 0:
             raise ValueError("--max-tokens must be positive and --chunk-seconds >= 0")
         if device.type == "cpu":

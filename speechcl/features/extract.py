@@ -27,11 +27,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from speechcl.audio.io import SAMPLE_RATE, AudioError, audio_info, load_audio
-from speechcl.features.chunking import batch_by_budget, num_frames
+from speechcl.audio.io import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, load_audio
+from speechcl.data.batching import length_sorted_batches
 from speechcl.features.extractor import DEFAULT_MAX_TOKENS, LAST, FeatureExtractor
-from speechcl.features.inputs import AUDIO_EXTENSIONS, InputItem, discover_inputs, select_shard
+from speechcl.features.inputs import InputItem, discover_inputs, select_shard
 from speechcl.features.writers import FeatureWriter, Hdf5Writer, NpyWriter, ShardWriter
+from speechcl.models.feature_encoder import num_frames
 from speechcl.utils.io import atomic_write_json, atomic_write_text
 
 FORMATS = ("npy", "shards", "hdf5")
@@ -174,7 +175,7 @@ def extract_to_directory(
     output_dir = Path(output_dir)
     model_name = str(Path(model).resolve()) if isinstance(model, str | os.PathLike) else f"<{type(model).__name__}>"
     if isinstance(model, str | os.PathLike):
-        from speechcl.interop.export import load_model_with_metadata
+        from speechcl.interop.loading import load_model_with_metadata
 
         model, meta = load_model_with_metadata(model)
         normalize = meta.normalize if normalize is None else normalize
@@ -215,10 +216,11 @@ def extract_to_directory(
 
 def _file_batches(extractor: FeatureExtractor, sizes: Sequence[int]) -> list[list[int]]:
     """Longest-first batches of whole files; a file that will be chunked is a batch of its own."""
-    chunked = [i for i, n in enumerate(sizes) if extractor.chunk_samples is not None and n > extractor.chunk_samples]
-    whole = [i for i, n in enumerate(sizes) if i not in set(chunked)]
+    limit = extractor.chunk_samples
+    chunked = [i for i, n in enumerate(sizes) if limit is not None and n > limit]
+    whole = [i for i, n in enumerate(sizes) if limit is None or n <= limit]
     batches = [[i] for i in sorted(chunked, key=lambda i: -sizes[i])]
-    grouped = batch_by_budget([sizes[i] for i in whole], extractor.max_tokens)
+    grouped = length_sorted_batches([sizes[i] for i in whole], extractor.max_tokens, longest_first=True)
     return batches + [[whole[j] for j in batch] for batch in grouped]
 
 

@@ -3,8 +3,9 @@
 :class:`FeatureExtractor` wraps a loaded model (any of :func:`speechcl.load_model`'s results) and turns
 16 kHz waveforms into ``[frames, dim]`` (one layer) or ``[layers, frames, dim]`` (several) float32 arrays:
 
-- layers follow DESIGN.md's hidden-state order: index ``i`` is ``hidden_states[i]`` (0 = input to the first
-  transformer layer, ``i`` = output of layer ``i``; negative indices count from the end), ``last`` is
+- layers follow the hidden-state order of ``extract_features`` and of transformers'
+  ``output_hidden_states``: index ``i`` is ``hidden_states[i]`` (0 = input to the first transformer
+  layer, ``i`` = output of layer ``i``; negative indices count from the end), ``last`` is
   ``last_hidden_state``, the model's final output (after the final LayerNorm in pre-LN models, where it
   differs from ``hidden_states[-1]``), ``all`` is every entry of ``hidden_states``;
 - only the transformer layers the selection needs are run (``--layers 6`` of a 12-layer model runs 6);
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from speechcl.audio.io import SAMPLE_RATE, load_audio, resample
-from speechcl.features.chunking import Chunk, batch_by_budget, conv_geometry, plan_chunks
+from speechcl.audio.io import SAMPLE_RATE, load_audio, normalize_wave, resample
+from speechcl.data.batching import length_sorted_batches
+from speechcl.features.chunking import Chunk, plan_chunks
+from speechcl.models.feature_encoder import conv_geometry
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder
 
 LAST = None
@@ -180,7 +183,7 @@ class FeatureExtractor:
         pieces = [_Piece(i, c) for i, w in enumerate(waves) for c in self.plan(w.shape[0])]
         outputs = [self._empty(sum(c.keep_to - c.keep_from for c in self.plan(w.shape[0]))) for w in waves]
         lengths = [p.chunk.num_samples for p in pieces]
-        for batch in batch_by_budget(lengths, self.max_tokens):
+        for batch in length_sorted_batches(lengths, self.max_tokens, longest_first=True):
             chosen = [pieces[j] for j in batch]
             feats = self._forward([waves[p.item][p.chunk.start:p.chunk.end] for p in chosen])
             for p, f in zip(chosen, feats, strict=True):
@@ -196,11 +199,7 @@ class FeatureExtractor:
         if wave.dim() != 1:
             raise ValueError(f"waveform {index} must be 1-D [samples] at 16 kHz, got shape {tuple(wave.shape)}")
         wave = wave.float()
-        if self.normalize:
-            from speechcl.data.dataset import normalize_wave
-
-            wave = normalize_wave(wave)
-        return wave
+        return normalize_wave(wave) if self.normalize else wave
 
     def _empty(self, frames: int) -> Tensor:
         return torch.empty(len(self.layers), frames, self.dim, dtype=torch.float32)

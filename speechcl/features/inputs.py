@@ -2,10 +2,13 @@
 
 Every input becomes an :class:`InputItem` whose ``key`` names its output:
 
-- a directory: every file below it (recursively) with an audio extension, in sorted order; key = the
-  relative path without its extension (``spk/ch/utt.flac`` → ``spk/ch/utt``); hidden files are skipped;
-- a manifest (``*.tsv``, DESIGN.md: root directory, then ``relative/path<TAB>num_samples``): key as for a
-  directory; the lengths are taken from the manifest;
+- a directory: every file below it (recursively) with an audio extension
+  (:func:`speechcl.audio.io.find_audio_files`, the same search as ``prepare audio``), in sorted order;
+  key = the relative path without its extension (``spk/ch/utt.flac`` → ``spk/ch/utt``); hidden files
+  and folders are skipped;
+- a manifest (``*.tsv`` in fairseq's layout: the root directory on the first line, then one
+  ``relative/path<TAB>num_samples`` line per file): key as for a directory; the lengths are taken from
+  the manifest;
 - a Kaldi ``wav.scp`` (any ``*.scp``): ``utt_id path`` lines; key = ``utt_id``; relative paths are looked
   up from the current directory, then from the scp's directory. Piped commands (``... |``) and archive
   entries (``foo.ark:123``) are refused: decode them to files first;
@@ -19,8 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-AUDIO_EXTENSIONS: tuple[str, ...] = ("flac", "wav", "ogg", "mp3", "opus", "aiff", "aif", "sph")
-"""Extensions searched in directories by default (whatever libsndfile decodes)."""
+from speechcl.audio.io import AUDIO_EXTENSIONS, find_audio_files
 
 
 @dataclass(frozen=True)
@@ -52,16 +54,8 @@ def _check_keys(items: Sequence[InputItem], source: Path) -> None:
 
 def scan_directory(directory: Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[InputItem]:
     """Audio files below ``directory`` (recursively, sorted), by extension (case-insensitive)."""
-    wanted = {e.lower().lstrip(".") for e in extensions}
-    items = []
-    for root, dirs, files in os.walk(directory, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or Path(name).suffix.lower().lstrip(".") not in wanted:
-                continue
-            full = Path(root) / name
-            items.append(InputItem(_key_from_relative(full.relative_to(directory).as_posix()), str(full)))
-    return items
+    return [InputItem(_key_from_relative(path.relative_to(directory).as_posix()), str(path))
+            for path in find_audio_files(directory, extensions)]
 
 
 def read_tsv_manifest(path: Path) -> list[InputItem]:

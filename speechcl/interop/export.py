@@ -7,26 +7,22 @@ the same outputs; transformers itself is not needed to write them. :func:`conver
 :func:`speechcl.load_model` reads (speechcl directory, transformers directory, fairseq ``.pt``) and writes
 a speechcl checkpoint directory or a transformers directory.
 
-Besides weights, a checkpoint carries :class:`ModelMetadata`: the CTC ``labels`` (all output symbols in
-index order, the four specials first: blank, pad, eos, unk) and ``normalize`` (whether the model expects
-per-utterance normalised audio). They live in a speechcl ``config.json`` (``labels``, ``normalize``), in a
-transformers directory's ``vocab.json`` and ``preprocessor_config.json`` (``do_normalize``), and in a fairseq
-checkpoint's task config (``normalize``; fairseq keeps the labels in a separate ``dict.ltr.txt``, given to
-:func:`convert` as ``dictionary``).
+The CTC labels and the normalisation flag (:class:`~speechcl.interop.loading.ModelMetadata`) travel with
+the weights; a fairseq checkpoint keeps its labels in a separate ``dict.ltr.txt``, given to :func:`convert`
+as ``dictionary``.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from safetensors.torch import save_file
 from torch import nn
 
+from speechcl.interop.loading import load_model_with_metadata
 from speechcl.interop.transformers import config_to_hf, speechcl_to_hf_state
-from speechcl.models.checkpoint import SpeechclModel, is_speechcl_directory, read_config, save_checkpoint
+from speechcl.models.checkpoint import save_checkpoint
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, Wav2Vec2ForPretraining
 from speechcl.utils.io import atomic_save, atomic_write_json
@@ -35,52 +31,6 @@ TargetFormat = Literal["speechcl", "transformers"]
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 """fairseq's ``Dictionary`` specials, indices 0-3 (index 0, ``<s>``, is the CTC blank)."""
-
-
-@dataclass
-class ModelMetadata:
-    """What a checkpoint says besides its weights (see the module docstring)."""
-
-    labels: list[str] | None = None
-    normalize: bool = False
-
-
-def read_metadata(path: str | Path) -> ModelMetadata:
-    """Labels and normalisation recorded in a speechcl dir, a transformers dir or a fairseq ``.pt``."""
-    path = Path(path)
-    if path.is_dir():
-        if is_speechcl_directory(path):
-            meta = read_config(path)
-            return ModelMetadata(meta.get("labels"), bool(meta.get("normalize", False)))
-        labels = None
-        vocab = path / "vocab.json"
-        if vocab.is_file():
-            table = json.loads(vocab.read_text())
-            if isinstance(table, dict) and table and all(isinstance(v, int) for v in table.values()):
-                ordered = sorted(table, key=table.__getitem__)
-                if [table[s] for s in ordered] == list(range(len(ordered))):  # indices 0..n-1, no gaps
-                    labels = ordered
-        pre = path / "preprocessor_config.json"
-        normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
-        return ModelMetadata(labels, normalize)
-    if path.suffix == ".pt":
-        from speechcl.interop.fairseq import fairseq_normalize, read_fairseq_checkpoint
-
-        return ModelMetadata(None, fairseq_normalize(read_fairseq_checkpoint(path)))
-    return ModelMetadata()
-
-
-def load_model_with_metadata(path: str | Path) -> tuple[SpeechclModel, ModelMetadata]:
-    """:func:`speechcl.load_model` plus :func:`read_metadata`, reading a fairseq file only once."""
-    path = Path(path)
-    if path.suffix == ".pt" and path.is_file():
-        from speechcl.interop.fairseq import fairseq_normalize, model_from_fairseq, read_fairseq_checkpoint
-
-        ckpt = read_fairseq_checkpoint(path)
-        return model_from_fairseq(ckpt, str(path)), ModelMetadata(None, fairseq_normalize(ckpt))
-    from speechcl.api import load_model
-
-    return load_model(path), read_metadata(path)
 
 
 def read_fairseq_dictionary(path: str | Path) -> list[str]:
@@ -160,7 +110,7 @@ def convert(source: str | Path, destination: str | Path, to: TargetFormat = "spe
     """Load ``source`` (speechcl dir, transformers dir or fairseq ``.pt``) and write it to ``destination``.
 
     ``to`` is ``"speechcl"`` (``config.json`` + ``model.safetensors``) or ``"transformers"`` (see
-    :func:`export_to_transformers`). Labels and normalisation travel along (:class:`ModelMetadata`);
+    :func:`export_to_transformers`). Labels and normalisation travel along (:class:`~speechcl.interop.loading.ModelMetadata`);
     ``dictionary``, a fairseq ``dict.ltr.txt``, supplies the labels of a CTC model that has none.
     Returns the loaded model.
     """

@@ -2,21 +2,29 @@
 
 Handles ``Wav2Vec2ForPreTraining``, ``Wav2Vec2Model`` and ``Wav2Vec2ForCTC`` weights, both weight-norm key
 styles of the positional convolution (``weight_g``/``weight_v`` and
-``parametrizations.weight.original0``/``original1``), ``model.safetensors`` and ``pytorch_model.bin``.
-transformers itself is not needed to import.
+``parametrizations.weight.original0``/``original1``), ``model.safetensors`` and ``pytorch_model.bin``, whole
+or sharded (``*.index.json`` with its shard files, as ``save_pretrained`` writes large models). transformers
+itself is not needed to import.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from speechcl.models.checkpoint import SpeechclModel, load_state_strict, read_safetensors
 from speechcl.models.config import Wav2Vec2Config
+from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, Wav2Vec2ForPretraining
+
+SAFETENSORS_NAME = "model.safetensors"
+BIN_NAME = "pytorch_model.bin"
 
 # (transformers key, speechcl key) with ``{i}`` for a layer index; keys relative to the encoder.
 _ENCODER_RULES: tuple[tuple[str, str], ...] = (
@@ -205,30 +213,110 @@ def config_to_hf(cfg: Wav2Vec2Config, vocab_size: int | None = None) -> dict[str
 
 
 def load_hf_state(directory: Path) -> dict[str, Tensor]:
-    """Weights from ``model.safetensors`` or ``pytorch_model.bin`` (loaded with ``weights_only=True``)."""
-    st = directory / "model.safetensors"
-    if st.exists():
-        from safetensors.torch import load_file
+    """Weights of a transformers model directory, in transformers' order of preference: ``model.safetensors``,
+    the shards listed in ``model.safetensors.index.json``, ``pytorch_model.bin``, the shards listed in
+    ``pytorch_model.bin.index.json`` (``.bin`` files are loaded with ``weights_only=True``).
 
-        return load_file(str(st))
-    bin_path = directory / "pytorch_model.bin"
-    if bin_path.exists():
-        state = torch.load(bin_path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{bin_path} does not hold a state dict")
-        return state
+    Raises:
+        FileNotFoundError: no weights file, or a shard the index lists is missing (named in the message).
+        ValueError: a weights file or index that cannot be read, or a shard without the tensors its index
+            assigns to it.
+    """
+    for name, read in ((SAFETENSORS_NAME, read_safetensors), (BIN_NAME, _read_bin)):
+        if (directory / name).is_file():
+            return read(directory / name)
+        index = directory / f"{name}.index.json"
+        if index.is_file():
+            return _load_shards(index, read)
     raise FileNotFoundError(
-        f"{directory} has a config.json but neither model.safetensors nor pytorch_model.bin; "
-        "sharded transformers checkpoints are not supported yet"
+        f"{directory} has a config.json but no weights: expected {SAFETENSORS_NAME}, {BIN_NAME} or a sharded "
+        f"checkpoint ({SAFETENSORS_NAME}.index.json / {BIN_NAME}.index.json with its shard files)"
     )
 
 
-def is_hf_directory(directory: Path) -> bool:
-    cfg = directory / "config.json"
-    if not cfg.exists():
-        return False
+def _load_shards(index: Path, read: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The tensors of all shards listed in a sharded checkpoint's index (its ``weight_map``: tensor name →
+    shard file name, relative to the index's directory)."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
+        raise ValueError(f"{index}: expected a 'weight_map' object mapping tensor names to shard file names "
+                         "in the same directory")
+    shards: dict[str, list[str]] = {}
+    for tensor, shard in weight_map.items():
+        shards.setdefault(shard, []).append(tensor)
+    missing = [shard for shard in shards if not (index.parent / shard).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index} lists shard files that are not in {index.parent}: {', '.join(missing)}; "
+                                "the checkpoint is incomplete: download the missing shards")
+    state: dict[str, Tensor] = {}
+    for shard, tensors in shards.items():
+        part = read(index.parent / shard)
+        absent = [t for t in tensors if t not in part]
+        if absent:
+            raise ValueError(f"{index.parent / shard} lacks {len(absent)} tensors that {index.name} assigns to it "
+                             f"({', '.join(absent[:6])}); the shard and the index do not belong together")
+        state.update(part)
+    return state
+
+
+def _read_bin(path: Path) -> dict[str, Tensor]:
     try:
-        data = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == "wav2vec2"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not a readable torch weights file ({err}); it is truncated, corrupt or holds "
+                         "more than tensors: save or download it again") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    return state
+
+
+def _read_json_value(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the file may be truncated") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = _read_json_value(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(data).__name__}")
+    return data
+
+
+def load_hf_model(directory: Path, map_location: str | torch.device = "cpu") -> SpeechclModel:
+    """A transformers Wav2Vec2 model directory as a speechcl model in eval mode: ``Wav2Vec2ForCTC`` →
+    :class:`Wav2Vec2ForCTC`, ``Wav2Vec2ForPreTraining`` → :class:`Wav2Vec2ForPretraining`, the bare
+    ``Wav2Vec2Model`` → :class:`Wav2Vec2Encoder`."""
+    cfg = config_from_hf(_read_json(directory / "config.json"))
+    state = hf_to_speechcl_state(load_hf_state(directory))
+    model: SpeechclModel
+    if "head.weight" in state:
+        model = Wav2Vec2ForCTC(cfg, vocab_size=state["head.weight"].shape[0])
+    elif "quantizer.codevectors" in state:
+        model = Wav2Vec2ForPretraining(cfg)
+    else:
+        model = Wav2Vec2Encoder(cfg)
+        state = {k.removeprefix("encoder."): v for k, v in state.items()}
+    # transformers omits the mask embedding when its config disables masking; ours keeps a fresh one.
+    load_state_strict(model, state, str(directory), allow_missing=("mask_emb",))
+    return model.to(map_location).eval()
+
+
+def read_hf_labels(directory: Path) -> list[str] | None:
+    """The CTC labels in index order from ``vocab.json``, when it maps symbols to the indices 0..n-1."""
+    vocab = directory / "vocab.json"
+    if not vocab.is_file():
+        return None
+    table = _read_json_value(vocab)
+    if not isinstance(table, dict) or not table or not all(isinstance(v, int) for v in table.values()):
+        return None
+    ordered = sorted(table, key=table.__getitem__)
+    return ordered if [table[s] for s in ordered] == list(range(len(ordered))) else None
+
+
+def read_hf_normalize(directory: Path) -> bool:
+    """``do_normalize`` of ``preprocessor_config.json`` (False when there is none)."""
+    pre = directory / "preprocessor_config.json"
+    return bool(_read_json(pre).get("do_normalize", False)) if pre.is_file() else False

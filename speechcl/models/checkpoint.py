@@ -2,16 +2,23 @@
 
 ``config.json`` holds ``{"format": "speechcl", "version": 1, "architecture": ..., "model": {...}}`` and,
 for CTC models, ``vocab_size`` and optionally ``labels`` (the dictionary symbols, blank first).
-Weights never go through pickle.
+``version`` is the checkpoint format version (absent means 1); a checkpoint of a newer version than
+:data:`VERSION` is refused. Weights never go through pickle.
+
+Every way a checkpoint can be broken (unreadable or incomplete ``config.json``, a damaged
+``model.safetensors``, weights that do not fit the config) raises a ``ValueError`` that names the file
+and says what to do (a missing file: ``FileNotFoundError``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,6 +28,7 @@ from speechcl.utils.io import atomic_save, atomic_write_json
 
 FORMAT = "speechcl"
 VERSION = 1
+"""The newest checkpoint format version this speechcl reads and the one it writes."""
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -43,7 +51,8 @@ def build_model(architecture: str, cfg: Wav2Vec2Config, vocab_size: int | None =
         return Wav2Vec2ForCTC(cfg, vocab_size)
     if architecture == "Wav2Vec2Encoder":
         return Wav2Vec2Encoder(cfg)
-    raise ValueError(f"unknown architecture {architecture!r}")
+    raise ValueError(f"unknown architecture {architecture!r} (expected Wav2Vec2ForPretraining, Wav2Vec2ForCTC "
+                     "or Wav2Vec2Encoder)")
 
 
 def save_checkpoint(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -64,13 +73,16 @@ def save_checkpoint(model: nn.Module, directory: str | Path, extra: dict[str, An
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
+    """The JSON object in ``directory/config.json`` (any checkpoint format that has one)."""
     path = Path(directory) / CONFIG_NAME
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: not a speechcl checkpoint directory") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint may be truncated") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(data).__name__}")
     return data
 
 
@@ -82,21 +94,78 @@ def is_speechcl_directory(directory: str | Path) -> bool:
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> SpeechclModel:
-    """Rebuild the model saved by :func:`save_checkpoint` (returned in eval mode)."""
+    """Rebuild the model saved by :func:`save_checkpoint` (returned in eval mode on ``map_location``)."""
     directory = Path(directory)
-    meta = read_config(directory)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{directory / CONFIG_NAME} is not a speechcl checkpoint config")
-    if meta.get("version", 0) > VERSION:
-        raise ValueError(f"{directory} was written by a newer speechcl (format version {meta['version']})")
-    cfg = Wav2Vec2Config.from_dict(meta["model"])
-    model = build_model(meta["architecture"], cfg, meta.get("vocab_size"))
+    model = model_from_config(read_config(directory), str(directory / CONFIG_NAME))
     weights = directory / WEIGHTS_NAME
     if not weights.exists():
         raise FileNotFoundError(f"{weights} not found: the checkpoint directory is incomplete")
-    state = load_file(str(weights), device=str(map_location))
-    load_state_strict(model, state, str(weights))
-    return model.eval()
+    load_state_strict(model, read_safetensors(weights), str(weights))
+    return model.to(map_location).eval()
+
+
+def model_from_config(meta: dict[str, Any], source: str) -> SpeechclModel:
+    """A freshly initialised model for a speechcl ``config.json`` dict read from ``source``.
+
+    Raises:
+        ValueError: not a speechcl config, a newer format version, a missing entry or a value of the
+            wrong type; the message names ``source``.
+    """
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{source} is not a speechcl checkpoint config (its 'format' is {meta.get('format')!r})")
+    version = meta.get("version", 1)
+    if type(version) is not int:
+        raise ValueError(f"{source}: 'version' must be an integer, got {version!r}")
+    if version > VERSION:
+        raise ValueError(f"{source} was written by a newer speechcl (checkpoint format version {version}; this "
+                         f"speechcl reads up to version {VERSION}): upgrade speechcl to load it")
+    for key, kind in (("architecture", str), ("model", dict)):
+        if key not in meta:
+            raise ValueError(f"{source} has no {key!r} entry: the config is incomplete; re-save the checkpoint")
+        if not isinstance(meta[key], kind):
+            raise ValueError(f"{source}: {key!r} must be a JSON {'string' if kind is str else 'object'}, "
+                             f"got {meta[key]!r}")
+    vocab_size = meta.get("vocab_size")
+    if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 1):
+        raise ValueError(f"{source}: 'vocab_size' must be a positive integer, got {vocab_size!r}")
+    _check_config_types(meta["model"], source)
+    try:
+        cfg = Wav2Vec2Config.from_dict(meta["model"])
+        return build_model(meta["architecture"], cfg, vocab_size)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: invalid model config: {err}") from None
+
+
+def _check_config_types(values: dict[str, Any], source: str) -> None:
+    """Each ``model`` entry has the JSON type of its :class:`Wav2Vec2Config` default (ints for floats too)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Wav2Vec2Config)}
+    for name, value in values.items():
+        default = defaults.get(name)  # unknown names are reported by Wav2Vec2Config.from_dict
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int | float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and (isinstance(value, int) or isinstance(default, float))
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list | tuple)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"{source}: model.{name} must be of type {type(default).__name__} (default "
+                             f"{default!r}), got {value!r}")
+
+
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a damaged file raises a ``ValueError`` naming it."""
+    try:
+        return load_file(str(path), device=str(device))
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it is truncated or corrupt: "
+                         "save or download it again") from None
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -105,11 +174,14 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     own = model.state_dict()
     missing = [k for k in own if k not in state and not any(k.endswith(a) for a in allow_missing)]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in state
               if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    problems = [f"{what} {len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
+                if keys]
+    if problems:
         raise ValueError(
-            f"weights in {source} do not fit the model: missing {missing[:6]}, unexpected {unexpected[:6]}, "
-            f"shape mismatches {shapes[:6]}"
+            f"weights in {source} do not fit the model its config describes: {'; '.join(problems)}. The weights "
+            "and the config come from different models: load them together with the config they were saved with"
         )
     model.load_state_dict(state, strict=False)

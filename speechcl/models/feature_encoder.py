@@ -76,6 +76,24 @@ def conv_output_lengths(lengths: Tensor, conv_layers: Sequence[ConvSpec]) -> Ten
     return out.clamp(min=0)
 
 
+def conv_geometry(conv_layers: Sequence[ConvSpec]) -> tuple[int, int]:
+    """``(hop, receptive_field)`` in samples of a conv stack without padding (BASE: ``(320, 400)``).
+
+    Output frame ``t`` sees samples ``[t * hop, t * hop + receptive_field)``: the hop is the product of
+    the strides, and each layer widens the field by ``(kernel - 1)`` times the hop below it.
+    """
+    hop, field = 1, 1
+    for _, kernel, stride in conv_layers:
+        field += (kernel - 1) * hop
+        hop *= stride
+    return hop, field
+
+
+def num_frames(num_samples: int, conv_layers: Sequence[ConvSpec]) -> int:
+    """Frames a conv stack makes of ``num_samples`` samples (:func:`conv_output_lengths` of one length)."""
+    return int(conv_output_lengths(torch.tensor([num_samples]), conv_layers)[0])
+
+
 # --- convolution (kernel choices: see the module docstring) ---------------------------------------------
 
 
@@ -481,18 +499,13 @@ class FeatureEncoder(nn.Module):
 
     @property
     def receptive_field(self) -> int:
-        field, jump = 1, 1
-        for _, kernel, stride in self.conv_layers:
-            field += (kernel - 1) * jump
-            jump *= stride
-        return field
+        """Samples one output frame sees (400 for BASE)."""
+        return conv_geometry(self.conv_layers)[1]
 
     @property
     def hop(self) -> int:
-        hop = 1
-        for _, _, stride in self.conv_layers:
-            hop *= stride
-        return hop
+        """Samples between consecutive output frames (320 for BASE)."""
+        return conv_geometry(self.conv_layers)[0]
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         return conv_output_lengths(lengths, self.conv_layers)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechcl.models.checkpoint import load_state_strict, save_checkpoint
+from speechcl.models.checkpoint import load_state_strict, read_safetensors, save_checkpoint
 
 STATE_NAME = "trainer_state.pt"
 
@@ -122,15 +122,13 @@ class CheckpointManager:
 
     def load(self, tag: str, model: nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Load weights into ``model`` and return the trainer state of checkpoint ``tag``."""
-        from safetensors.torch import load_file
-
         self._recover(tag)
         directory = self.path(tag)
         weights = directory / "model.safetensors"
         state_path = directory / STATE_NAME
         if not weights.exists() or not state_path.exists():
             raise FileNotFoundError(f"checkpoint {directory} is incomplete (needs model.safetensors and {STATE_NAME})")
-        load_state_strict(model, load_file(str(weights), device=str(map_location)), str(weights))
+        load_state_strict(model, read_safetensors(weights, map_location), str(weights))
         try:
             return torch.load(state_path, map_location=map_location, weights_only=True)
         except Exception as err:  # noqa: BLE001 - report which file and why

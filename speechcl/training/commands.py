@@ -1,4 +1,5 @@
-"""``speechcl pretrain``: Hydra-composed configuration in, a trained checkpoint directory out."""
+"""``speechcl pretrain`` and ``speechcl finetune``: Hydra-composed configuration in, a trained checkpoint
+directory out."""
 
 from __future__ import annotations
 
@@ -10,29 +11,42 @@ from pathlib import Path
 
 from speechcl.utils.io import atomic_write_text
 
+_CONFIG_EPILOG = ("Configs are looked up in each --config-dir in the order given, then in the configs shipped "
+                  "with speechcl (or $SPEECHCL_CONF when set). A user folder may hold a top-level config that "
+                  "uses the shipped groups (defaults: [model: small, ...]) and group options of its own "
+                  "(DIR/model/foo.yaml, selected with model=foo); a file named like a shipped one replaces it.")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pretrain", help="wav2vec 2.0 pretraining (Hydra key=value overrides on conf/pretrain.yaml)",
-        description="Pretrain with conf/<config-name>.yaml composed with key=value overrides, e.g. "
-                    "`speechcl pretrain data.manifest_dir=data/ls model=small trainer.max_update=1000`. "
-                    "Rerunning with the same exp_dir resumes from its last checkpoint.",
+        "pretrain", help="wav2vec 2.0 pretraining (Hydra key=value overrides on the pretrain config)",
+        description="Pretrain with the config --config-name (shipped: pretrain, pretrain_cpu) composed with "
+                    "key=value overrides, e.g. `speechcl pretrain data.manifest_dir=data/ls model=small "
+                    "trainer.max_update=1000`. Rerunning with the same exp_dir resumes from its last checkpoint.",
+        epilog=_CONFIG_EPILOG,
     )
-    p.add_argument("--config-name", default="pretrain", help="top-level config in conf/ (pretrain, pretrain_cpu)")
-    p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    _add_config_options(p, "pretrain", "pretrain, pretrain_cpu")
     p.set_defaults(func=run_pretrain, accepts_overrides=True)
 
     f = sub.add_parser(
-        "finetune", help="CTC fine-tuning (Hydra key=value overrides on conf/finetune.yaml)",
-        description="Fine-tune with CTC using conf/<config-name>.yaml (finetune_base_10m, finetune_base_1h, "
-                    "finetune_base_10h, finetune_base_100h, finetune_cpu) and key=value overrides, e.g. "
-                    "`speechcl finetune --config-name finetune_base_10m data.manifest_dir=data "
+        "finetune", help="CTC fine-tuning (Hydra key=value overrides on the finetune config)",
+        description="Fine-tune with CTC using the config --config-name (shipped: finetune_base_10m, "
+                    "finetune_base_1h, finetune_base_10h, finetune_base_100h, finetune_cpu) and key=value "
+                    "overrides, e.g. `speechcl finetune --config-name finetune_base_10m data.manifest_dir=data "
                     "model.init=exp/pretrain/checkpoints/best exp_dir=exp/ft_10m`. model.init='' trains from "
                     "scratch. Rerunning with the same exp_dir resumes.",
+        epilog=_CONFIG_EPILOG,
     )
-    f.add_argument("--config-name", default="finetune", help="top-level config in conf/")
-    f.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    _add_config_options(f, "finetune", "finetune, finetune_cpu, finetune_base_10m, ...")
     f.set_defaults(func=run_finetune, accepts_overrides=True)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, default: str, shipped: str) -> None:
+    parser.add_argument("--config-name", default=default,
+                        help=f"top-level config (default {default}; shipped: {shipped}; or one in --config-dir)")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own configs, searched before the shipped ones (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the composed config and exit")
 
 
 def _compose(args: argparse.Namespace) -> tuple[object, dict] | int:
@@ -45,7 +59,7 @@ def _compose(args: argparse.Namespace) -> tuple[object, dict] | int:
         print(f"error: expected key=value overrides, got {bad}", file=sys.stderr)
         return 2
     try:
-        cfg = compose(args.config_name, args.overrides)
+        cfg = compose(args.config_name, args.overrides, args.config_dir)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

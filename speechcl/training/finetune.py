@@ -17,18 +17,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchaudio.functional import edit_distance
 
 from speechcl.asr.decode import greedy_decode
+from speechcl.asr.score import score
 from speechcl.data.dataset import AudioDataset
 from speechcl.data.labels import Dictionary, letters_to_words
 from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
+from speechcl.interop.loading import load_model
 from speechcl.models.config import Wav2Vec2Config, preset
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, Wav2Vec2ForPretraining
 from speechcl.training.distributed import cleanup, init_distributed
 from speechcl.training.schedules import ScheduleConfig
-from speechcl.training.trainer import OptimConfig, TaskOutput, TrainerConfig, resolve_device, train
+from speechcl.training.trainer import OptimConfig, Task, TaskOutput, TrainerConfig, train
+from speechcl.utils.device import resolve_device
 
 
 @dataclass
@@ -75,7 +77,7 @@ class FinetuneDataConfig:
     best_metric: str = "wer"  # wer | cer | loss: what picks the `best` checkpoint (cer while WER is ~100%)
 
 
-class CTCTask:
+class CTCTask(Task):
     """CTC loss for training; greedy decoding with word/character error counts for validation."""
 
     def __init__(self, dictionary: Dictionary, freeze_finetune_updates: int, best_metric: str = "wer") -> None:
@@ -101,21 +103,16 @@ class CTCTask:
         return TaskOutput(loss=loss, sample_size=ntokens, stats=stats)
 
     def _errors(self, logits: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> dict[str, float]:
-        hyps = greedy_decode(logits.float(), lengths, blank=Dictionary.blank_index)
-        c_err = c_len = w_err = w_len = empty = 0
-        for hyp, target, n in zip(hyps, targets.tolist(), target_lengths.tolist()):
-            # Characters of the word strings, spaces included: what `evaluate` scores with jiwer. Counting
-            # the letter units instead would add each utterance's final `|` to the reference length.
-            ref_text = letters_to_words(self.dictionary.decode(target[:n]))
-            hyp_text = letters_to_words(self.dictionary.decode(hyp))
-            c_err += edit_distance(list(ref_text), list(hyp_text))
-            c_len += len(ref_text)
-            ref_words, hyp_words = ref_text.split(), hyp_text.split()
-            w_err += edit_distance(ref_words, hyp_words)
-            w_len += len(ref_words)
-            empty += int(not hyp_words)
-        return {"c_errors": float(c_err), "c_total": float(c_len), "w_errors": float(w_err),
-                "w_total": float(w_len), "empty_hyps": float(empty)}
+        # Scored as `evaluate` scores: CER over the characters of the word strings, spaces included
+        # (counting the letter units instead would add each utterance's final `|` to the reference length).
+        hyps = [letters_to_words(self.dictionary.decode(h))
+                for h in greedy_decode(logits.float(), lengths, blank=Dictionary.blank_index)]
+        refs = [letters_to_words(self.dictionary.decode(target[:n]))
+                for target, n in zip(targets.tolist(), target_lengths.tolist())]
+        result = score(refs, hyps)
+        return {"c_errors": float(result.chars.errors), "c_total": float(result.chars.reference_length),
+                "w_errors": float(result.words.errors), "w_total": float(result.words.reference_length),
+                "empty_hyps": float(sum(not h.split() for h in hyps))}
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         out = {"loss": sums.get("loss_sum", 0.0) / max(sums.get("ntokens", 0.0), 1.0) / math.log(2),
@@ -129,11 +126,8 @@ class CTCTask:
     def valid_score(self, summary: dict[str, float]) -> float:
         return summary.get(self.best_metric, summary["loss"])
 
-    def on_update(self, model: nn.Module, num_updates: int) -> None:
+    def before_update(self, model: nn.Module, num_updates: int) -> None:
         self.frozen = num_updates < self.freeze_finetune_updates
-
-    def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
-        return []
 
 
 def build_ctc_model(cfg: FinetuneModelConfig, vocab_size: int) -> Wav2Vec2ForCTC:
@@ -143,8 +137,6 @@ def build_ctc_model(cfg: FinetuneModelConfig, vocab_size: int) -> Wav2Vec2ForCTC
                  if f.name not in ("init", "preset", "freeze_finetune_updates")}
     source_encoder: Wav2Vec2Encoder | None = None
     if cfg.init:
-        from speechcl.api import load_model
-
         pretrained = load_model(cfg.init)
         if isinstance(pretrained, (Wav2Vec2ForPretraining, Wav2Vec2ForCTC)):
             source_encoder = pretrained.encoder
@@ -192,7 +184,8 @@ def run_finetuning(model_cfg: FinetuneModelConfig, data: FinetuneDataConfig, opt
     if not dict_path.exists():
         raise FileNotFoundError(f"{dict_path} not found: run `speechcl prepare librispeech` first")
     dictionary = Dictionary.load(dict_path)
-    info = init_distributed(resolve_device(trainer.device))  # before the samplers: they shard by rank
+    device = resolve_device(trainer.device, "trainer.device")
+    info = init_distributed(device)  # before the samplers: they shard by rank
     try:
         torch.manual_seed(trainer.seed)
         model = build_ctc_model(model_cfg, len(dictionary))

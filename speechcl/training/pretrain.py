@@ -18,7 +18,8 @@ from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechcl.objectives import wav2vec2_loss
 from speechcl.training.distributed import cleanup, init_distributed
 from speechcl.training.schedules import ScheduleConfig
-from speechcl.training.trainer import OptimConfig, TaskOutput, TrainerConfig, resolve_device, train
+from speechcl.training.trainer import OptimConfig, Task, TaskOutput, TrainerConfig, train
+from speechcl.utils.device import resolve_device
 
 
 @dataclass
@@ -46,11 +47,7 @@ class DataConfig:
     seed: int = 1
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-class PretrainTask:
+class PretrainTask(Task):
     """Contrastive pretraining for :class:`~speechcl.training.trainer.train`."""
 
     def __init__(self, model_cfg: Wav2Vec2Config, loss_cfg: LossConfig, stuck_after: int = 1000) -> None:
@@ -91,10 +88,9 @@ class PretrainTask:
     def valid_score(self, summary: dict[str, float]) -> float:
         return summary["loss"]
 
-    def on_update(self, model: nn.Module, num_updates: int) -> None:
-        module = _unwrap(model)
-        module.set_num_updates(num_updates)
-        self.temperature = module.quantizer.temperature
+    def before_update(self, model: nn.Module, num_updates: int) -> None:
+        model.set_num_updates(num_updates)  # the Gumbel temperature of this update
+        self.temperature = model.quantizer.temperature
 
     def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
         warnings = []
@@ -139,7 +135,8 @@ def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimCon
     """Pretrain a :class:`Wav2Vec2ForPretraining` on ``data`` into ``exp_dir`` (resumes automatically)."""
     if not data.manifest_dir:
         raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv manifests")
-    info = init_distributed(resolve_device(trainer.device))  # before the samplers: they shard by rank
+    device = resolve_device(trainer.device, "trainer.device")
+    info = init_distributed(device)  # before the samplers: they shard by rank
     try:
         torch.manual_seed(trainer.seed)
         model = Wav2Vec2ForPretraining(model_cfg)

@@ -1,8 +1,10 @@
-"""The training loop shared by pretraining and fine-tuning.
+"""The training loop shared by pretraining, fine-tuning and every objective.
 
-Read top to bottom: set-up (device, ranks, optimizer, schedule, scaler, checkpoints, resume), then
-``for epoch: for group of update_freq batches: forward/backward each, normalise, clip, step``, with
-validation, logging and checkpointing on the main process.
+:func:`train` reads top to bottom: set up (device, ranks, precision, optimizer, schedule, scaler),
+resume from ``checkpoints/last``, then ``for epoch: for group of update_freq batches:`` one
+:func:`_train_step` (forward/backward each micro-batch, normalise, clip, optimizer step), the task's
+``after_update`` hook, logging, :func:`_validate` and :func:`_save` at their intervals. What is being
+trained is a :class:`Task`; method state that must survive a resume is described there.
 
 Gradient normalisation follows fairseq: losses are *sums* over masked steps (or frames); the gradients
 of all micro-batches on all ranks are summed and divided by the global sample size. DDP averages over
@@ -24,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +36,8 @@ from speechcl.training.checkpoints import CheckpointManager, rng_state, set_rng_
 from speechcl.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from speechcl.training.metrics import MetricLogger
 from speechcl.training.schedules import ScheduleConfig, Scheduler
+from speechcl.utils.device import resolve_device
+from speechcl.utils.io import atomic_write_text
 
 log = logging.getLogger("speechcl.train")
 
@@ -79,31 +83,59 @@ class TaskOutput:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-class Task(Protocol):
-    """What the loop needs from pretraining or fine-tuning."""
+class Task:
+    """What the loop trains: pretraining, fine-tuning, and every objective to come.
 
-    def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput: ...
+    A task implements :meth:`forward` (one micro-batch -> summed loss, sample size, summed statistics) and
+    :meth:`summarize`; the rest have defaults. The loop calls, for every update::
 
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
+        task.before_update(model, num_updates)    # schedules for the coming update (Gumbel temperature)
+        task.forward(...) per micro-batch; backward; normalise; clip; optimizer step
+        task.after_update(model, num_updates)     # num_updates now counts this update (EMA teacher, queue)
 
-    def valid_score(self, summary: dict[str, float]) -> float: ...  # lower is better
+    ``model`` is the bare model in both hooks (never the DDP wrapper). Where method state lives:
 
-    def on_update(self, model: nn.Module, num_updates: int) -> None: ...
+    - tensors that belong with the network (an EMA teacher, a queue of keys, a memory bank) are
+      submodules or buffers of the model, so ``model.safetensors`` saves them and resume restores them;
+    - state of the procedure itself (a decay schedule's position, running statistics, counters) is what
+      :meth:`state_dict` returns: saved in every checkpoint's ``trainer_state.pt`` (plain numbers,
+      strings, lists, dicts and tensors only: it is loaded with ``weights_only=True``) and handed back
+      to :meth:`load_state_dict` on resume, before the first ``before_update``.
+    """
 
-    def check(self, summary: dict[str, float], num_updates: int) -> list[str]: ...  # failure-mode warnings
+    def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
+        raise NotImplementedError
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Logged values from summed statistics (of a log window or a validation pass)."""
+        raise NotImplementedError
+
+    def valid_score(self, summary: dict[str, float]) -> float:
+        """The validation score that picks ``best`` (lower is better)."""
+        return summary["loss"]
+
+    def before_update(self, model: nn.Module, num_updates: int) -> None:
+        """Called before each update; ``num_updates`` updates are done so far."""
+
+    def after_update(self, model: nn.Module, num_updates: int) -> None:
+        """Called after each optimizer step; ``num_updates`` includes it. Skipped (non-finite) updates
+        do not call it."""
+
+    def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
+        """Warnings about known failure modes, given a logged training summary."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint has task state for "
+                             f"{sorted(state)}: was it written by another objective?")
 
 
 class NonFiniteError(RuntimeError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu")
-    return device
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -208,12 +240,125 @@ def train(
     run_config: dict[str, Any] | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``task`` until ``cfg.max_update`` updates (resuming from ``<exp_dir>/checkpoints/last``).
+    """Train ``model`` on ``task`` until ``cfg.max_update`` updates (or ``cfg.max_epoch`` epochs), resuming
+    from ``<exp_dir>/checkpoints/last`` when it exists.
 
-    Returns a summary: final update count, last train/valid summaries, skipped updates.
+    ``run_config`` (the resolved run configuration) and ``checkpoint_extra`` (e.g. the label set) are
+    stored in every checkpoint's ``config.json``. Returns a summary: final update count, epoch, last
+    validation summary, skipped updates, training seconds, best validation score.
     """
-    exp_dir = Path(exp_dir)
-    device = resolve_device(cfg.device)
+    run = _setup(model, task, train_loader, valid_loader, Path(exp_dir), cfg, optim_cfg, schedule_cfg,
+                 dict(checkpoint_extra or {}) | ({"run": run_config} if run_config else {}))
+    progress = _resume(run)
+    run.logger = MetricLogger(run.exp_dir, enabled=run.info.is_main, tensorboard=cfg.tensorboard,
+                              total=cfg.max_update, start=progress.num_updates)
+    window = _Window()
+
+    while progress.num_updates < cfg.max_update and (cfg.max_epoch <= 0 or progress.epoch < cfg.max_epoch):
+        train_loader.set_epoch(progress.epoch)
+        for group in _groups(train_loader, cfg.update_freq):
+            step = _train_step(run, group, progress)
+            if step is None:  # non-finite: no update happened, nothing to log, validate or save
+                continue
+            progress.num_updates += 1
+            lr = run.scheduler.step()
+            task.after_update(model, progress.num_updates)
+            run.logger.progress(progress.num_updates)
+            window.add(_reduce_stats(step.stats, run.info, run.device), step.grad_norm)
+            done = progress.num_updates >= cfg.max_update
+            if _every(cfg.log_interval, progress.num_updates) or done:
+                _log_train(run, progress, window, lr)
+                window = _Window()
+            if _every(cfg.valid_interval, progress.num_updates) and not done:
+                _validate(run, progress)
+            keep = _every(cfg.keep_interval_updates, progress.num_updates)
+            if _every(cfg.save_interval, progress.num_updates) or keep or done:
+                _save(run, progress, keep=keep)
+            if done:
+                break
+        if progress.num_updates < cfg.max_update:  # the epoch ran out before the updates did
+            progress.epoch += 1
+
+    last_valid = _validate(run, progress)
+    if last_valid is None or not last_valid["improved"]:
+        if progress.num_updates < cfg.max_update:  # stopped by max_epoch: the last updates are not saved yet
+            _save(run, progress)
+    run.logger.close()
+    result = {"num_updates": progress.num_updates, "epoch": progress.epoch,
+              "nonfinite_skipped": progress.nonfinite_skipped, "valid": last_valid,
+              "train_seconds": progress.seconds(), "best": progress.best}
+    if run.info.is_main:
+        atomic_write_text(run.exp_dir / "train_result.json", json.dumps(_plain(result), indent=2) + "\n")
+    return result
+
+
+@dataclass
+class Progress:
+    """Where the run is: saved in every checkpoint (but ``consecutive_nonfinite``) and restored on resume."""
+
+    num_updates: int = 0
+    epoch: int = 0
+    best: float = math.inf  # best validation score so far (lower is better)
+    nonfinite_skipped: int = 0
+    consecutive_nonfinite: int = 0
+    previous_seconds: float = 0.0  # training wall time of earlier (interrupted) runs
+    started: float = field(default_factory=time.perf_counter)
+
+    def seconds(self) -> float:
+        return self.previous_seconds + time.perf_counter() - self.started
+
+
+@dataclass
+class _Run:
+    """The pieces the loop's steps share (built once by :func:`_setup`)."""
+
+    model: nn.Module
+    task: Task
+    train_loader: ResumableLoader
+    valid_loader: ResumableLoader | None
+    exp_dir: Path
+    cfg: TrainerConfig
+    clip_norm: float
+    device: torch.device
+    precision: str
+    info: DistInfo
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    scaler: torch.amp.GradScaler
+    ckpt: CheckpointManager
+    extra_config: dict[str, Any]
+    ddp_model: nn.Module | None = None  # the model forward/backward runs through (DDP wrapper or model)
+    logger: MetricLogger | None = None
+
+
+@dataclass
+class _Step:
+    """What one successful update reports: summed statistics of its micro-batches and the gradient norm."""
+
+    stats: dict[str, float]
+    grad_norm: float
+
+
+class _Window:
+    """Statistics summed over the updates since the last training log line."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def add(self, stats: dict[str, float], grad_norm: float) -> None:
+        _merge(self.sums, stats | {"grad_norm_sum": grad_norm, "updates": 1.0})
+
+
+def _every(interval: int, num_updates: int) -> bool:
+    return interval > 0 and num_updates % interval == 0
+
+
+def _setup(model: nn.Module, task: Task, train_loader: ResumableLoader, valid_loader: ResumableLoader | None,
+           exp_dir: Path, cfg: TrainerConfig, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig,
+           extra_config: dict[str, Any]) -> _Run:
+    """Device, ranks, precision, then the model on its device with optimizer, schedule and scaler."""
+    device = resolve_device(cfg.device, "trainer.device")
     if cfg.threads > 0 and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     info = init_distributed(device)
@@ -227,190 +372,168 @@ def train(
         log.info("trainer.precision=auto: training in %s on %s", precision, device)
     if cfg.update_freq < 1:
         raise ValueError(f"trainer.update_freq must be >= 1, got {cfg.update_freq}")
-
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     optimizer = build_optimizer(model, optim_cfg)
-    scheduler = Scheduler(optimizer, schedule_cfg, optim_cfg.lr, cfg.max_update)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    ckpt = CheckpointManager(exp_dir, keep_last=cfg.keep_last)
+    return _Run(model=model, task=task, train_loader=train_loader, valid_loader=valid_loader, exp_dir=exp_dir,
+                cfg=cfg, clip_norm=optim_cfg.clip_norm, device=device, precision=precision, info=info,
+                optimizer=optimizer, scheduler=Scheduler(optimizer, schedule_cfg, optim_cfg.lr, cfg.max_update),
+                scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
+                ckpt=CheckpointManager(exp_dir, keep_last=cfg.keep_last), extra_config=extra_config)
 
-    num_updates, epoch, best, skipped = 0, 0, math.inf, 0
-    previous_seconds = 0.0  # training wall time of earlier (interrupted) runs
-    run_start = time.perf_counter()
-    if info.is_main:
-        ckpt.exists("last")  # finish a swap a kill interrupted, once, before the other ranks look
-    barrier(info)
-    if ckpt.exists("last"):
-        state = ckpt.load("last", model, map_location="cpu")
-        model.to(device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        train_loader.load_state_dict(state["loader"])
+
+def _resume(run: _Run) -> Progress:
+    """Restore everything from ``checkpoints/last`` if it exists, then wrap the model for DDP."""
+    progress = Progress()
+    if run.info.is_main:
+        run.ckpt.exists("last")  # finish a swap a kill interrupted, once, before the other ranks look
+    barrier(run.info)
+    if run.ckpt.exists("last"):
+        state = run.ckpt.load("last", run.model, map_location="cpu")
+        run.model.to(run.device)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.train_loader.load_state_dict(state["loader"])
+        run.task.load_state_dict(state.get("task", {}))
         set_rng_state(state["rng"])
-        num_updates = int(state["num_updates"])
-        best, skipped = float(state["best"]), int(state["nonfinite_skipped"])
-        previous_seconds = float(state.get("train_seconds", 0.0))
+        progress = Progress(num_updates=int(state["num_updates"]), best=float(state["best"]),
+                            nonfinite_skipped=int(state["nonfinite_skipped"]),
+                            previous_seconds=float(state.get("train_seconds", 0.0)))
         # continue the epoch the sampler was in (state["epoch"] is already past it when a run ended by
         # max_epoch), or the next one when it was saved on that epoch's last batch
-        epoch = int(train_loader.state_dict()["epoch"])
-        if train_loader.state_dict()["position"] >= len(train_loader):
-            epoch += 1
-        if info.is_main:
-            log.info("resumed from %s at update %d (epoch %d)", ckpt.path("last"), num_updates, epoch)
-    task.on_update(model, num_updates)
-
-    ddp_model: nn.Module = model
-    if info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
+        loader_state = run.train_loader.state_dict()
+        progress.epoch = int(loader_state["epoch"]) + int(loader_state["position"] >= len(run.train_loader))
+        if run.info.is_main:
+            log.info("resumed from %s at update %d (epoch %d)", run.ckpt.path("last"), progress.num_updates,
+                     progress.epoch)
+    run.task.before_update(run.model, progress.num_updates)
+    run.ddp_model = run.model
+    if run.info.enabled:
+        run.ddp_model = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=run.cfg.find_unused_parameters,
         )
-    params = [p for p in model.parameters() if p.requires_grad]
-    logger = MetricLogger(exp_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, total=cfg.max_update,
-                          start=num_updates)
+    return progress
 
-    def save(tag_extra: bool) -> None:
-        if info.is_main:
-            state = {
-                "num_updates": num_updates, "epoch": epoch, "best": best, "nonfinite_skipped": skipped,
-                "train_seconds": previous_seconds + time.perf_counter() - run_start,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "loader": train_loader.state_dict(), "rng": rng_state(),
-                "trainer": _plain(asdict(cfg)),
-            }
-            extra = dict(checkpoint_extra or {})
-            if run_config:
-                extra["run"] = run_config
-            ckpt.save("last", model, state, extra_config=extra or None)
-            if tag_extra:
-                ckpt.copy("last", f"step_{num_updates:08d}")
-                ckpt.prune()
-        barrier(info)
 
-    def validate() -> dict[str, float] | None:
-        nonlocal best
-        if valid_loader is None:
-            return None
-        summary = evaluate(model, task, valid_loader, device, precision, cfg.seed, info)
-        score = task.valid_score(summary)
-        improved = score < best
-        if improved:
-            best = score
-        logger.log("valid", num_updates, summary | {"best": best})
-        return summary | {"improved": float(improved)}
+def _train_step(run: _Run, group: list[tuple[int, dict[str, Tensor]]], progress: Progress) -> _Step | None:
+    """One update: forward/backward over the group's micro-batches, gradients normalised by the global
+    sample size, clipped, optimizer step. ``None`` when the update was skipped as non-finite."""
+    run.task.before_update(run.model, progress.num_updates)
+    info, device = run.info, run.device
+    sample_size, stats = 0, {}
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for i, (position, batch) in enumerate(group):
+        seed = micro_seed(run.cfg.seed, progress.epoch, position * info.world_size + info.rank)
+        torch.manual_seed(seed)
+        generator = torch.Generator(device).manual_seed(seed + 1)
+        batch = _to_device(batch, device)
+        sync = info.enabled and i < len(group) - 1
+        assert run.ddp_model is not None
+        with run.ddp_model.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
+            with autocast_context(device, run.precision):
+                out = run.task.forward(run.ddp_model, batch, generator)
+            run.scaler.scale(out.loss).backward()
+        sample_size += out.sample_size
+        loss_sum += out.loss.detach().double()
+        _merge(stats, out.stats)
+        _merge(stats, {"audio_seconds": float((~batch["padding_mask"]).sum()) / 16000.0})
+    totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum)], dtype=torch.float64,
+                                         device=device), info)
+    grad_norm = _normalise_and_clip(run, total_size=float(totals[0]))
+    total_loss = float(totals[1])
+    finite = math.isfinite(total_loss) and math.isfinite(grad_norm)
+    if finite or run.precision == "fp16":  # fp16: the scaler skips a non-finite step and lowers the scale
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    if finite:
+        progress.consecutive_nonfinite = 0
+    elif run.precision != "fp16":
+        _count_nonfinite(run, progress, total_loss, grad_norm)
+    run.optimizer.zero_grad(set_to_none=True)
+    if not finite:
+        run.scheduler.apply()
+        return None
+    return _Step(stats=stats, grad_norm=grad_norm)
 
-    consecutive_bad = 0
-    window: dict[str, float] = {}
-    window_start = time.perf_counter()
-    last_valid: dict[str, float] | None = None
-    done = num_updates >= cfg.max_update
-    while not done and (cfg.max_epoch <= 0 or epoch < cfg.max_epoch):
-        train_loader.set_epoch(epoch)
-        for group in _groups(train_loader, cfg.update_freq):
-            # ---- forward/backward over the micro-batches of this update ----
-            task.on_update(model, num_updates)
-            sample_size, stats = 0, {}
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for i, (position, batch) in enumerate(group):
-                global_batch = position * info.world_size + info.rank
-                seed = micro_seed(cfg.seed, epoch, global_batch)
-                torch.manual_seed(seed)
-                generator = torch.Generator(device).manual_seed(seed + 1)
-                batch = _to_device(batch, device)
-                sync = info.enabled and i < len(group) - 1
-                with ddp_model.no_sync() if sync else contextlib.nullcontext():
-                    with autocast_context(device, precision):
-                        out = task.forward(ddp_model, batch, generator)
-                    scaler.scale(out.loss).backward()
-                sample_size += out.sample_size
-                loss_sum += out.loss.detach().double()
-                _merge(stats, out.stats)
-                _merge(stats, {"audio_seconds": float((~batch["padding_mask"]).sum()) / 16000.0})
-            # ---- normalise by the global sample size, clip, step ----
-            totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum)], dtype=torch.float64,
-                                                 device=device), info)
-            total_size, total_loss = float(totals[0]), float(totals[1])
-            scaler.unscale_(optimizer)
-            factor = info.world_size / max(total_size, 1.0)
-            for p in params:
-                if p.grad is not None:
-                    p.grad.mul_(factor)
-            max_norm = optim_cfg.clip_norm if optim_cfg.clip_norm > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            finite = math.isfinite(total_loss) and math.isfinite(grad_norm)
-            if not finite and precision == "fp16":
-                scaler.step(optimizer)  # the scaler skips the step and lowers the scale
-                scaler.update()
-            elif not finite:
-                skipped += 1
-                consecutive_bad += 1
-                logger.warn(f"update {num_updates + 1}: non-finite loss ({total_loss}) or gradient norm "
-                            f"({grad_norm}); update skipped ({skipped} so far)")
-                if consecutive_bad >= cfg.max_consecutive_nonfinite:
-                    optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteError(
-                        f"{consecutive_bad} consecutive updates had a non-finite loss or gradient (last at update "
-                        f"{num_updates + 1}); lower optim.lr, use trainer.precision=fp32 or bf16, enable "
-                        "optim.clip_norm, or check the data for silent/corrupt audio"
-                    )
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-                consecutive_bad = 0
-            optimizer.zero_grad(set_to_none=True)
-            if not finite:  # no update happened: nothing to log (its stats may be NaN), validate or save
-                scheduler.apply()
-                continue
-            num_updates += 1
-            lr = scheduler.step()
-            logger.progress(num_updates)
-            # ---- logging, validation, checkpoints ----
-            stats = _reduce_stats(stats, info, device)
-            _merge(window, stats | {"grad_norm_sum": grad_norm, "updates": 1.0})
-            if num_updates % cfg.log_interval == 0 or num_updates >= cfg.max_update:
-                elapsed = time.perf_counter() - window_start
-                summary = task.summarize(window)
-                summary |= {"lr": lr, "grad_norm": window["grad_norm_sum"] / max(window["updates"], 1.0),
-                            "audio_s_per_s": window.get("audio_seconds", 0.0) / max(elapsed, 1e-9),
-                            "nonfinite_skipped": float(skipped)}
-                logger.log("train", num_updates, summary)
-                for message in task.check(summary, num_updates):
-                    logger.warn(message)
-                window, window_start = {}, time.perf_counter()
-            done = num_updates >= cfg.max_update
-            if cfg.valid_interval > 0 and num_updates % cfg.valid_interval == 0 and not done:
-                last_valid = validate()
-                if last_valid is not None and last_valid["improved"]:
-                    save(False)
-                    if info.is_main:
-                        ckpt.copy("last", "best")
-            keep = cfg.keep_interval_updates > 0 and num_updates % cfg.keep_interval_updates == 0
-            if (cfg.save_interval > 0 and num_updates % cfg.save_interval == 0) or keep or done:
-                save(keep)
-            if done:
-                break
-        else:
-            epoch += 1
-            continue
-        break
 
-    last_valid = validate()
-    if last_valid is not None and last_valid["improved"]:
-        save(False)  # on every rank: save() ends with a barrier
-        if info.is_main:
-            ckpt.copy("last", "best")
-    elif not done:
-        save(False)
-    logger.close()
-    result = {"num_updates": num_updates, "epoch": epoch, "nonfinite_skipped": skipped, "valid": last_valid,
-              "train_seconds": previous_seconds + time.perf_counter() - run_start,
-              "best": best}
-    if info.is_main:
-        (exp_dir / "train_result.json").write_text(json.dumps(_plain(result), indent=2) + "\n")
-    return result
+def _normalise_and_clip(run: _Run, total_size: float) -> float:
+    """Scale the summed gradients by ``world_size / global sample size`` (DDP averaged them over ranks)
+    and clip them to ``optim.clip_norm`` (0: no clipping); returns the norm before clipping."""
+    run.scaler.unscale_(run.optimizer)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    factor = run.info.world_size / max(total_size, 1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(factor)
+    max_norm = run.clip_norm if run.clip_norm > 0 else math.inf
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
+
+def _count_nonfinite(run: _Run, progress: Progress, total_loss: float, grad_norm: float) -> None:
+    """Count a skipped update; too many in a row stop the run with :class:`NonFiniteError`."""
+    progress.nonfinite_skipped += 1
+    progress.consecutive_nonfinite += 1
+    assert run.logger is not None
+    run.logger.warn(f"update {progress.num_updates + 1}: non-finite loss ({total_loss}) or gradient norm "
+                    f"({grad_norm}); update skipped ({progress.nonfinite_skipped} so far)")
+    if progress.consecutive_nonfinite >= run.cfg.max_consecutive_nonfinite:
+        run.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(
+            f"{progress.consecutive_nonfinite} consecutive updates had a non-finite loss or gradient (last at "
+            f"update {progress.num_updates + 1}); lower optim.lr, use trainer.precision=fp32 or bf16, enable "
+            "optim.clip_norm, or check the data for silent/corrupt audio"
+        )
+
+
+def _log_train(run: _Run, progress: Progress, window: _Window, lr: float) -> None:
+    """One ``train`` log line for the window, and the task's failure-mode warnings."""
+    assert run.logger is not None
+    sums, elapsed = window.sums, time.perf_counter() - window.start
+    summary = run.task.summarize(sums)
+    summary |= {"lr": lr, "grad_norm": sums["grad_norm_sum"] / max(sums["updates"], 1.0),
+                "audio_s_per_s": sums.get("audio_seconds", 0.0) / max(elapsed, 1e-9),
+                "nonfinite_skipped": float(progress.nonfinite_skipped)}
+    run.logger.log("train", progress.num_updates, summary)
+    for message in run.task.check(summary, progress.num_updates):
+        run.logger.warn(message)
+
+
+def _validate(run: _Run, progress: Progress) -> dict[str, float] | None:
+    """Validate (all ranks); a new best score saves ``last`` and copies it to ``best``. Returns the
+    summary with ``improved`` (1.0 or 0.0), or ``None`` without a validation set."""
+    if run.valid_loader is None:
+        return None
+    summary = evaluate(run.model, run.task, run.valid_loader, run.device, run.precision, run.cfg.seed, run.info)
+    score = run.task.valid_score(summary)
+    improved = score < progress.best
+    if improved:
+        progress.best = score
+    assert run.logger is not None
+    run.logger.log("valid", progress.num_updates, summary | {"best": progress.best})
+    if improved:
+        _save(run, progress)
+        if run.info.is_main:
+            run.ckpt.copy("last", "best")
+    return summary | {"improved": float(improved)}
+
+
+def _save(run: _Run, progress: Progress, keep: bool = False) -> None:
+    """Write ``checkpoints/last`` (main process; every rank waits), and with ``keep`` a ``step_<N>`` copy."""
+    if run.info.is_main:
+        state = {
+            "num_updates": progress.num_updates, "epoch": progress.epoch, "best": progress.best,
+            "nonfinite_skipped": progress.nonfinite_skipped, "train_seconds": progress.seconds(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "loader": run.train_loader.state_dict(), "rng": rng_state(),
+            "task": run.task.state_dict(), "trainer": _plain(asdict(run.cfg)),
+        }
+        run.ckpt.save("last", run.model, state, extra_config=run.extra_config or None)
+        if keep:
+            run.ckpt.copy("last", f"step_{progress.num_updates:08d}")
+            run.ckpt.prune()
+    barrier(run.info)
 
 def _plain(value: Any) -> Any:
     """Dataclass-free, tuple-free copy for JSON and ``weights_only`` pickles."""

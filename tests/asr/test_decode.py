@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
-from speechcl.asr.decode import GreedyDecoder, build_decoder, ctc_collapse, greedy_decode
+from speechcl.asr.decode import BeamSearchDecoder, GreedyDecoder, build_decoder, ctc_collapse, greedy_decode
 from speechcl.data.labels import Dictionary
 
 from .conftest import noise
@@ -51,6 +53,22 @@ def test_greedy_rejects_bad_shapes_and_dictionary_mismatch():
     with pytest.raises(ValueError, match="dictionary has 7 symbols"):
         GreedyDecoder(d)(torch.zeros(1, 4, 9))
     assert isinstance(build_decoder(d), GreedyDecoder)
+
+
+def test_beam_search_without_flashlight_says_what_to_install(monkeypatch):
+    """torchaudio turns a failed flashlight-text import into a RuntimeError; the decoder names the package."""
+    import torchaudio.models.decoder as decoders
+
+    # what torchaudio sees when flashlight-text is not installed: its _ctc_decoder module fails to import
+    monkeypatch.delitem(decoders.__dict__, "ctc_decoder", raising=False)  # torchaudio caches it on first use
+    monkeypatch.delattr(decoders, "_ctc_decoder", raising=False)
+    monkeypatch.setitem(sys.modules, "torchaudio.models.decoder._ctc_decoder", None)
+    with pytest.raises(RuntimeError, match="flashlight-text"):
+        decoders.ctc_decoder  # noqa: B018 - the lookup itself raises
+    with pytest.raises(ImportError, match="pip install flashlight-text"):
+        BeamSearchDecoder(Dictionary(list("|AB")))
+    with pytest.raises(ImportError, match="pip install flashlight-text"):
+        build_decoder(Dictionary(list("|AB")), beam_size=8)
 
 
 def test_greedy_hypotheses_do_not_depend_on_batch_size(recognizer):

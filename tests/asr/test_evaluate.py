@@ -8,21 +8,22 @@ import pytest
 import soundfile as sf
 
 from speechcl.asr.decode import GreedyDecoder
-from speechcl.asr.evaluate import evaluate_split, make_batches, split_logits
+from speechcl.asr.evaluate import evaluate_split, split_logits
+from speechcl.data.batching import length_sorted_batches
 from speechcl.data.manifest import Manifest
 
 from .conftest import noise
 
 
-def test_make_batches_longest_first_within_limits():
+def test_evaluation_batches_longest_first_within_limits():
     sizes = [5, 50, 20, 40, 10, 30]
-    batches = make_batches(sizes, batch_size=2)
+    batches = length_sorted_batches(sizes, max_batch_size=2, longest_first=True)
     assert batches == [[1, 3], [5, 2], [4, 0]]
-    capped = make_batches(sizes, batch_size=8, max_tokens=90)
+    capped = length_sorted_batches(sizes, max_tokens=90, max_batch_size=8, longest_first=True)
     assert capped == [[1], [3, 5], [2, 4, 0]]  # 2 * 50 > 90; 3 * 30 > 90 would not fit; 3 * 20 <= 90
     assert sorted(i for b in capped for i in b) == list(range(6))
     with pytest.raises(ValueError, match="batch_size"):
-        make_batches(sizes, 0)
+        length_sorted_batches(sizes, max_batch_size=0, longest_first=True)
 
 
 class Interrupt(Exception):

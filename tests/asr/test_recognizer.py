@@ -1,16 +1,18 @@
-"""Where the dictionary comes from: checkpoint labels, transformers vocab.json, or dict.ltr.txt."""
+"""Where the dictionary comes from (checkpoint labels, transformers vocab.json, or dict.ltr.txt); normalisation."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
-from speechcl.asr.recognizer import checkpoint_normalize, labels_to_dictionary, resolve_dictionary
+from speechcl.asr.recognizer import Recognizer, checkpoint_normalize, labels_to_dictionary, resolve_dictionary
+from speechcl.audio import normalize_wave
 from speechcl.data.labels import Dictionary, write_dict
 from speechcl.models.checkpoint import save_checkpoint
 
-from .conftest import LETTERS
+from .conftest import LETTERS, noise
 
 
 def test_labels_map_to_the_dictionary_layout():
@@ -51,3 +53,12 @@ def test_transformers_vocab_json(tmp_path):
     d = resolve_dictionary(tmp_path, None, 7)
     assert isinstance(d, Dictionary) and d.symbols[4:] == ["|", "E", "T"]
     assert checkpoint_normalize(tmp_path) is True
+
+
+def test_normalize_feeds_the_model_the_normalised_waveform(tiny_ctc, dictionary):
+    wave = 3.0 * noise(8000, seed=2) + 0.1
+    normalised, _ = Recognizer(tiny_ctc, dictionary, normalize=True).forward([wave])
+    plain, _ = Recognizer(tiny_ctc, dictionary).forward([normalize_wave(wave)])
+    torch.testing.assert_close(normalised, plain)
+    raw, _ = Recognizer(tiny_ctc, dictionary).forward([wave])
+    assert not torch.allclose(raw, plain, atol=1e-3)

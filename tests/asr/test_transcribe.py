@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speechcl.asr.transcribe import chunked_logits, plan_windows
+import speechcl
+from speechcl.asr.transcribe import chunked_logits
+from speechcl.features.chunking import plan_chunks
 
 from .conftest import noise
+
+BASE = speechcl.preset("base").conv_layers
 
 
 def frames_of(n: int) -> int:
@@ -17,19 +21,19 @@ def frames_of(n: int) -> int:
 @pytest.mark.parametrize("num_samples", [1_000, 48_000, 48_001, 100_000, 160_000 + 123, 480_000 * 3 + 77])
 def test_windows_tile_every_frame_exactly_once(num_samples):
     chunk, overlap, hop = 32_000, 3_200, 320
-    windows = plan_windows(num_samples, chunk, overlap, hop, frames_of)
+    windows = plan_chunks(num_samples, BASE, chunk, overlap)
     covered = []
     for w in windows:
         assert w.start % hop == 0 and w.end - w.start <= chunk and w.end <= num_samples
         assert 0 <= w.keep_from < w.keep_to <= frames_of(w.end - w.start)
         covered.extend(range(w.start // hop + w.keep_from, w.start // hop + w.keep_to))
     assert covered == list(range(frames_of(num_samples)))
-    assert windows[-1].end == num_samples
+    assert frames_of(windows[-1].end) == frames_of(num_samples)  # the last window reaches the last frame
 
 
 def test_plan_rejects_bad_overlap():
     with pytest.raises(ValueError, match="overlap"):
-        plan_windows(100_000, 32_000, 20_000, 320, frames_of)
+        plan_chunks(100_000, BASE, 32_000, 32_000)  # not shorter than a window
 
 
 def test_chunked_logits_match_the_whole_file(recognizer):

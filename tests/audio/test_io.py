@@ -7,7 +7,15 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from speechcl.audio import AudioError, audio_info, load_audio, resample, resampled_length, write_audio
+from speechcl.audio import (
+    AudioError,
+    audio_info,
+    load_audio,
+    normalize_wave,
+    resample,
+    resampled_length,
+    write_audio,
+)
 
 
 def _tone(sr: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -76,3 +84,12 @@ def test_write_audio_roundtrip_and_atomic(tmp_path):
     torch.testing.assert_close(back, wave, atol=1 / 32768, rtol=0)
     with pytest.raises(ValueError, match="mono"):
         write_audio(tmp_path / "x.flac", torch.zeros(2, 10), 16000)
+
+
+def test_normalize_wave_is_zero_mean_unit_variance():
+    wave = 0.2 * torch.randn(5000, generator=torch.Generator().manual_seed(0)) + 0.3
+    out = normalize_wave(wave)
+    assert abs(float(out.mean())) < 1e-6 and abs(float(out.var(unbiased=False)) - 1) < 1e-3  # eps 1e-5
+    assert torch.equal(normalize_wave(torch.full((100,), 0.5)), torch.zeros(100))  # silence stays finite
+    with pytest.raises(ValueError, match="one utterance"):
+        normalize_wave(wave.view(5, 1000))

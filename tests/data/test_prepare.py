@@ -147,6 +147,21 @@ def test_prepare_audio_folder(corpus, tmp_path):
     assert again.usable == len(everything)
 
 
+def test_prepare_audio_and_extract_find_the_same_files(tmp_path):
+    from speechcl.features.inputs import discover_inputs
+
+    folder = tmp_path / "audio"
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 4000).astype(np.float32)
+    for rel in ("a/one.flac", "a/two.wav", "b/c/three.ogg", "four.OGG", ".hidden/five.flac", ".six.wav"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / rel, wave, 16000, format="OGG" if rel.lower().endswith(".ogg") else None)
+    (folder / "notes.txt").write_text("not audio")
+    assert main(["prepare", "audio", str(folder), str(tmp_path / "out"), "--valid-percent", "0"]) == 0
+    prepared = read_manifest(tmp_path / "out" / "train.tsv").paths
+    extracted = [str(Path(item.path).relative_to(folder)) for item in discover_inputs(folder)]
+    assert sorted(prepared) == sorted(extracted) == ["a/one.flac", "a/two.wav", "b/c/three.ogg", "four.OGG"]
+
+
 def test_random_subsets(corpus, prepared, tmp_path):
     out = tmp_path / "out"
     code = main(["prepare", "librispeech", str(corpus), str(out), "--splits", SMALL.train_split,

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import speechcl
-from speechcl.features.chunking import batch_by_budget, conv_geometry, num_frames, plan_chunks
-from speechcl.models.feature_encoder import conv_output_lengths
+from speechcl.data.batching import length_sorted_batches
+from speechcl.features.chunking import plan_chunks
+from speechcl.models.feature_encoder import conv_geometry, conv_output_lengths, num_frames
 
 BASE = speechcl.preset("base").conv_layers
 
@@ -47,9 +48,9 @@ def test_short_audio_and_bad_overlap_are_rejected():
 
 def test_batch_by_budget():
     lengths = [5, 9, 9, 3, 7, 9, 1, 20]
-    batches = batch_by_budget(lengths, 20)
+    batches = length_sorted_batches(lengths, 20, longest_first=True)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 20
     assert batches[0] == [7]  # longest first
-    assert batch_by_budget(lengths, 100) == [[7, 1, 2, 5, 4], [0, 3, 6]]  # mixed lengths share batches
+    assert length_sorted_batches(lengths, 100, longest_first=True) == [[7, 1, 2, 5, 4], [0, 3, 6]]  # mixed

@@ -9,6 +9,7 @@ import torch
 
 import speechcl
 from speechcl.interop.export import export_to_transformers
+from speechcl.interop.loading import read_metadata
 from tests.interop.cli_helper import run_verb
 from tests.interop.test_fairseq import fairseq_model_cfg, fairseq_state
 
@@ -105,8 +106,6 @@ def test_convert_reports_bad_source(tmp_path, capsys):
 
 
 def test_labels_and_normalize_travel_between_formats(tmp_path):
-    from speechcl.interop.export import read_metadata
-
     torch.manual_seed(6)
     cfg = speechcl.preset("tiny")
     ours = speechcl.Wav2Vec2ForCTC(cfg, vocab_size=7).eval()

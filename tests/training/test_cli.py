@@ -62,3 +62,15 @@ def test_exit_code_of_the_real_command(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "speechcl", "pretrain", "model=tiny", f"exp_dir={tmp_path / 'exp'}", "trainer.nope=1"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert proc.returncode == 2 and "error: " in proc.stderr and "nope" in proc.stderr
+
+
+def test_config_dir_adds_a_user_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    user = tmp_path / "conf"
+    (user / "model").mkdir(parents=True)
+    (user / "model" / "foo.yaml").write_text("defaults:\n  - tiny\n  - _self_\n\nencoder_layers: 1\n")
+    assert run_pretrain_verb(["--config-dir", str(user), "--config-name", "pretrain_cpu", "--print-config",
+                              "model=foo"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed.model.encoder_layers == 1 and printed.model.encoder_embed_dim == 64
+    assert run_pretrain_verb(["--config-dir", str(tmp_path / "nope"), "--print-config"]) == 2
+    assert "nope not found" in capsys.readouterr().err

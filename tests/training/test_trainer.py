@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from speechcl.training.trainer import TaskOutput, autocast_context, resolve_precision, train
+from speechcl.training.trainer import Task, TaskOutput, autocast_context, resolve_precision, train
 from tests.training.helpers import (
     BATCHES_PER_EPOCH,
     max_abs_diff,
@@ -188,3 +188,73 @@ def test_bench_runs_under_the_trainers_autocast() -> None:
         autocast(cpu, "fp16")
     with pytest.raises(ValueError, match="resolve 'auto' first"):
         autocast_context(cpu, "auto")
+
+
+class EmaTask(Task):
+    """A task with method state: an exponential moving average of one weight tensor, updated in
+    ``after_update`` and kept in ``state_dict`` (as an EMA teacher's schedule state would be)."""
+
+    name = "encoder.post_extract_proj.weight"
+
+    def __init__(self, task: Task, crash_after: int | None = None) -> None:
+        self.task, self.crash_after = task, crash_after
+        self.ema: Tensor | None = None
+        self.calls: list[int] = []
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
+        if model.training and self.crash_after is not None and len(self.calls) >= self.crash_after:
+            raise RuntimeError("simulated crash")
+        return self.task.forward(model, batch, generator)
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return self.task.summarize(sums)
+
+    def before_update(self, model: nn.Module, num_updates: int) -> None:
+        self.task.before_update(model, num_updates)
+
+    def after_update(self, model: nn.Module, num_updates: int) -> None:
+        weight = model.get_parameter(self.name).detach()
+        self.ema = weight.clone() if self.ema is None else 0.9 * self.ema + 0.1 * weight
+        self.calls.append(num_updates)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"ema": self.ema, "calls": list(self.calls)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.ema, self.calls = state["ema"], list(state["calls"])  # type: ignore[assignment,arg-type]
+
+
+def _run_ema(manifest_dir: Path, exp_dir: Path, seed: int = 1, crash_after: int | None = None,
+             **kwargs: object) -> EmaTask:
+    model, task, train_loader, _ = tiny_pieces(manifest_dir, seed=seed, valid=False)
+    ema = EmaTask(task, crash_after=crash_after)
+    trainer, optim, schedule = tiny_configs(**kwargs)
+    train(model, ema, train_loader, None, exp_dir, trainer, optim, schedule)
+    return ema
+
+
+def test_task_state_follows_each_update_and_resumes_exactly(manifest_dir: Path, tmp_path: Path) -> None:
+    reference = _run_ema(manifest_dir, tmp_path / "reference", max_update=5)
+    assert reference.calls == [1, 2, 3, 4, 5]
+    with pytest.raises(RuntimeError, match="simulated crash"):  # dies in update 4, after saving at 3
+        _run_ema(manifest_dir, tmp_path / "resumed", max_update=5, save_interval=3, crash_after=3)
+    saved = read_state(tmp_path / "resumed" / "checkpoints" / "last")["task"]
+    assert saved["calls"] == [1, 2, 3]
+    resumed = _run_ema(manifest_dir, tmp_path / "resumed", seed=99, max_update=5)
+    assert resumed.calls == [1, 2, 3, 4, 5]
+    assert resumed.ema is not None and reference.ema is not None
+    assert torch.equal(resumed.ema, reference.ema)
+
+
+def test_after_update_sees_the_stepped_weights(manifest_dir: Path, tmp_path: Path) -> None:
+    _run_ema(manifest_dir, tmp_path, max_update=1)
+    ema = read_state(tmp_path / "checkpoints" / "last")["task"]["ema"]
+    assert torch.equal(ema, read_weights(tmp_path / "checkpoints" / "last")[EmaTask.name])
+
+
+def test_a_task_without_state_refuses_a_checkpoint_with_task_state(manifest_dir: Path, tmp_path: Path) -> None:
+    _run_ema(manifest_dir, tmp_path, max_update=1)
+    model, task, train_loader, _ = tiny_pieces(manifest_dir, valid=False)
+    trainer, optim, schedule = tiny_configs(max_update=2)
+    with pytest.raises(ValueError, match="task state"):
+        train(model, task, train_loader, None, tmp_path, trainer, optim, schedule)

@@ -1,0 +1,1 @@
+"""The Hydra configs that ship with speechcl, installed as the package ``speechcl.conf``."""
