@@ -140,7 +140,8 @@ def load_audio(path: str | os.PathLike, target_sr: int | None = SAMPLE_RATE) -> 
         file as stored.
 
     Raises:
-        AudioError: the file is missing, empty, has no samples or cannot be decoded.
+        AudioError: the file is missing, empty, has no samples, cannot be decoded, or holds NaN or
+            infinite samples.
     """
     info = audio_info(path)
     try:
@@ -149,6 +150,11 @@ def load_audio(path: str | os.PathLike, target_sr: int | None = SAMPLE_RATE) -> 
         raise AudioError(f"{path}: cannot decode audio ({_short(err)}); re-create or remove the file") from err
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio has no samples; remove the file or exclude it from the manifest")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise AudioError(f"{path}: {bad} of {data.size} samples are NaN or infinite (a corrupt float file); "
+                         "re-create or remove the file")
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     wave = torch.from_numpy(np.ascontiguousarray(mono))
     if target_sr is not None:

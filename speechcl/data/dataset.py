@@ -7,7 +7,8 @@
      "source":         float32 [B, S]
      "padding_mask":   bool [B, S]   True where source is padding,
      "target":         int64 [B, L]  labeled only; Dictionary indices padded with TARGET_PAD (-1),
-     "target_lengths": int64 [B]     labeled only}
+     "target_lengths": int64 [B]     labeled only,
+     "bad":            [(id, path, reason)]  only when some items could not be read (left out of B)}
 
 Behaviour (fairseq's ``RawAudioDataset`` / ``AddTargetDataset`` defaults in brackets):
 
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechcl.audio.io import SAMPLE_RATE, load_audio, normalize_wave
+from speechcl.audio.io import SAMPLE_RATE, AudioError, load_audio, normalize_wave
 from speechcl.data.labels import Dictionary, read_lines
 from speechcl.data.manifest import Manifest, read_manifest
 
@@ -127,14 +128,20 @@ class AudioDataset(torch.utils.data.Dataset):
         return self.manifest.full_path(int(self.indices[index]))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``index`` (of ``epoch``); a file that cannot be used gives ``{"id", "epoch", "bad"}`` with
+        ``bad`` the reason, so one bad file costs its item, not the run (the collater leaves it out)."""
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         item = int(self.indices[index])
         path = self.manifest.full_path(item)
-        wave, _ = load_audio(path, SAMPLE_RATE)
+        try:
+            wave, _ = load_audio(path, SAMPLE_RATE)
+        except AudioError as err:
+            return {"id": index, "epoch": epoch, "bad": str(err)}
         expected = self.manifest.sizes[item]
         if wave.numel() != expected:
-            raise ValueError(f"{path}: decoded {wave.numel()} samples but the manifest says {expected}; "
-                             "the file changed since preparation: re-run speechcl prepare")
+            return {"id": index, "epoch": epoch,
+                    "bad": f"{path}: decoded {wave.numel()} samples but the manifest says {expected}; the file "
+                           "changed since preparation: re-run speechcl prepare"}
         if self.normalize:
             wave = normalize_wave(wave)
         if self.max_sample_size is not None and wave.numel() > self.max_sample_size:
@@ -146,12 +153,17 @@ class AudioDataset(torch.utils.data.Dataset):
             sample["target"] = torch.tensor(self.labels[item], dtype=torch.long)
         return sample
 
-    def collater(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Batch samples from ``__getitem__`` (see the module docstring for the keys and shapes)."""
-        if not samples:
+    def collater(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Batch samples from ``__getitem__`` (see the module docstring for the keys and shapes).
+
+        Bad items are left out of the tensors and listed under ``"bad"`` as ``(id, path, reason)``; a batch
+        of bad items only has ``B = 0``."""
+        bad = [(int(s["id"]), self.path(int(s["id"])), s["bad"]) for s in samples if "bad" in s]
+        samples = [s for s in samples if "bad" not in s]
+        if not samples and not bad:
             raise ValueError("cannot collate an empty batch")
         lengths = [s["source"].numel() for s in samples]
-        size = max(lengths) if self.pad else min(lengths)
+        size = (max(lengths) if self.pad else min(lengths)) if lengths else 0
         source = torch.zeros(len(samples), size, dtype=torch.float32)
         padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
         for row, (sample, length) in enumerate(zip(samples, lengths)):
@@ -162,10 +174,13 @@ class AudioDataset(torch.utils.data.Dataset):
                 wave = wave[start: start + size]
             source[row, : wave.numel()] = wave
             padding_mask[row, wave.numel():] = True
-        batch = {"id": torch.tensor([s["id"] for s in samples], dtype=torch.long), "source": source,
-                 "padding_mask": padding_mask}
+        batch: dict[str, Any] = {"id": torch.tensor([s["id"] for s in samples], dtype=torch.long),
+                                 "source": source, "padding_mask": padding_mask}
+        if bad:
+            batch["bad"] = bad
         if self.labels is not None:
             targets = [s["target"] for s in samples]
             batch["target_lengths"] = torch.tensor([t.numel() for t in targets], dtype=torch.long)
-            batch["target"] = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=TARGET_PAD)
+            batch["target"] = (torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=TARGET_PAD)
+                               if targets else torch.zeros(0, 0, dtype=torch.long))
         return batch

@@ -6,10 +6,15 @@ The model configuration sits in ``cfg["model"]`` (or directly in ``args``); a CT
 keeps the pretraining model's configuration in ``cfg["model"]["w2v_args"]`` and prefixes the encoder's
 weights with ``w2v_encoder.w2v_model.``; its output layer is ``w2v_encoder.proj``.
 
+A checkpoint written by fairseq's trainer also holds ``optimizer_history``, ``extra_state`` and
+``task_state``; for fine-tuning the latter keeps the label dictionary (a pickled fairseq ``Dictionary``,
+read by :func:`fairseq_labels`).
+
 Loading never unpickles arbitrary objects: the file is read with ``torch.load(weights_only=True)``; when
-that refuses a global, the load is retried with only ``argparse.Namespace`` and omegaconf's own container
-and node classes allow-listed (when omegaconf is installed). Anything else is refused with an error that
-explains how to convert the file.
+that refuses a global, the load is retried with only ``argparse.Namespace``, fairseq's ``Dictionary``
+(rebuilt as the attribute-only :class:`FairseqDictionaryState`) and omegaconf's own container and node
+classes allow-listed (when omegaconf is installed). Anything else is refused with an error that explains
+how to convert the file.
 
 Key names (fairseq → speechcl, relative to the encoder):
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -122,6 +128,9 @@ _CTC_OVERRIDES: tuple[tuple[str, str], ...] = (
 
 # --- safe literal parsing ----------------------------------------------------------------------------
 
+MAX_LITERAL_CHARS = 10_000
+MAX_LITERAL_ITEMS = 10_000
+
 def parse_literal(text: str, what: str = "value") -> Any:
     """Evaluate a Python literal built from numbers, lists, tuples, ``+`` and ``*`` — never ``eval``.
 
@@ -129,13 +138,26 @@ def parse_literal(text: str, what: str = "value") -> Any:
     ``"[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2"``, and old checkpoints store
     ``latent_temp`` as ``"(2,0.5,0.999995)"``.
 
+    The input is untrusted (it comes from a checkpoint file), so it is bounded: at most
+    :data:`MAX_LITERAL_CHARS` characters, and no list or tuple built by ``*`` or ``+`` may exceed
+    :data:`MAX_LITERAL_ITEMS` elements (``[(1, 1, 1)] * 10**9`` is refused before it is built).
+
     Raises:
-        ValueError: the text is not such an expression (names, calls, attributes... are refused).
+        ValueError: the text is not such an expression (names, calls, attributes... are refused), or it
+            is too long or would build too large a value.
     """
+    if len(text) > MAX_LITERAL_CHARS:
+        raise ValueError(f"cannot parse {what}: {len(text)} characters, more than {MAX_LITERAL_CHARS}; the "
+                         "checkpoint's config is corrupt or not from fairseq")
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"cannot parse {what} {text!r}: {err.msg}") from None
+    except (SyntaxError, RecursionError, MemoryError) as err:
+        raise ValueError(f"cannot parse {what} {text[:80]!r}: {getattr(err, 'msg', type(err).__name__)}") from None
+
+    def bounded(length: int) -> None:
+        if length > MAX_LITERAL_ITEMS:
+            raise ValueError(f"cannot parse {what} {text[:80]!r}: it builds a sequence of {length} items, more than "
+                             f"{MAX_LITERAL_ITEMS}; the checkpoint's config is corrupt or not from fairseq")
 
     def walk(node: ast.AST) -> Any:
         if isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
@@ -152,18 +174,23 @@ def parse_literal(text: str, what: str = "value") -> Any:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult):
             left, right = walk(node.left), walk(node.right)
             if isinstance(node.op, ast.Add) and type(left) is type(right) and isinstance(left, list | tuple):
+                bounded(len(left) + len(right))
                 return left + right
             if isinstance(node.op, ast.Mult):
-                if isinstance(left, list | tuple) and isinstance(right, int):
-                    return left * right
                 if isinstance(left, int) and isinstance(right, list | tuple):
-                    return right * left
+                    left, right = right, left
+                if isinstance(left, list | tuple) and isinstance(right, int):
+                    bounded(len(left) * max(right, 0))
+                    return left * right
         raise ValueError(
             f"cannot parse {what} {text!r}: only numbers, lists, tuples, '+' and '*' are allowed "
             f"(found {ast.dump(node)[:60]})"
         )
 
-    return walk(tree.body)
+    try:
+        return walk(tree.body)
+    except RecursionError:
+        raise ValueError(f"cannot parse {what} {text[:80]!r}: nested too deeply") from None
 
 
 def parse_conv_layers(spec: str | list | tuple) -> tuple[ConvSpec, ...]:
@@ -181,9 +208,21 @@ def parse_conv_layers(spec: str | list | tuple) -> tuple[ConvSpec, ...]:
 
 # --- reading the file ----------------------------------------------------------------------------------
 
+class FairseqDictionaryState:
+    """Stand-in for ``fairseq.data.dictionary.Dictionary`` while unpickling: only its attributes are kept.
+
+    fairseq keeps the fine-tuning task's label dictionary in ``task_state["target_dictionary"]``; the
+    pickle names the class and sets plain attributes (``symbols``, ``count``, ``indices``, ...) on it, so
+    building this empty class in its place runs no code from the file.
+    """
+
+    symbols: list[str]
+
+
 def _allowed_globals() -> list[Any]:
-    """``argparse.Namespace`` and, when importable, omegaconf's containers and value nodes."""
-    allowed: list[Any] = [argparse.Namespace]
+    """``argparse.Namespace``, fairseq's ``Dictionary`` (as :class:`FairseqDictionaryState`) and, when
+    importable, omegaconf's containers and value nodes."""
+    allowed: list[Any] = [argparse.Namespace, (FairseqDictionaryState, "fairseq.data.dictionary.Dictionary")]
     try:
         import collections
         import typing
@@ -214,11 +253,11 @@ def read_fairseq_checkpoint(path: str | Path) -> dict[str, Any]:
             reason = next((line for line in detail if "GLOBAL" in line or "Unsupported" in line),
                           detail[0] if detail else str(first))
             raise ValueError(
-                f"{path}: refusing to unpickle objects other than tensors, argparse.Namespace and omegaconf "
-                f"configs ({reason.strip()}). Convert the checkpoint once where fairseq is installed and the "
-                "file is trusted: ckpt = torch.load(path, weights_only=False); ckpt['cfg'] = "
-                "OmegaConf.to_container(ckpt['cfg'], resolve=True); torch.save({'model': ckpt['model'], "
-                "'cfg': ckpt['cfg']}, 'clean.pt') — then import clean.pt"
+                f"{path}: refusing to unpickle objects other than tensors, argparse.Namespace, fairseq's "
+                f"Dictionary and omegaconf configs ({reason.strip()}). Convert the checkpoint once where "
+                "fairseq is installed and the file is trusted: ckpt = torch.load(path, weights_only=False); "
+                "ckpt['cfg'] = OmegaConf.to_container(ckpt['cfg'], resolve=True); "
+                "torch.save({'model': ckpt['model'], 'cfg': ckpt['cfg']}, 'clean.pt') — then import clean.pt"
             ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path}: not a readable torch checkpoint ({err}); the file may be truncated") from None
@@ -234,11 +273,9 @@ def _plain(value: Any) -> Any:
     try:
         from omegaconf import OmegaConf
 
-        if OmegaConf.is_config(value):
-            try:
-                return OmegaConf.to_container(value, resolve=True)
-            except Exception:  # unresolvable interpolations: keep them as strings
-                return OmegaConf.to_container(value, resolve=False)
+        if OmegaConf.is_config(value):  # never resolve: ${oc.env:...} and other resolvers run code
+            container = OmegaConf.to_container(value, resolve=False)
+            return _resolve_references(container, container)
     except ImportError:
         pass
     if isinstance(value, Mapping):
@@ -246,6 +283,32 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_plain(v) for v in value)
     return value
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+
+
+def _resolve_references(value: Any, root: Any, depth: int = 0) -> Any:
+    """Replace plain references ``${a.b}`` (a whole string naming another key of the same config) by that
+    key's value; resolver calls (``${oc.env:HOME}``, ``${eval:...}``) and anything else stay as text.
+
+    A checkpoint's config is untrusted: OmegaConf's own resolution would run whatever resolvers are
+    registered in this process."""
+    if isinstance(value, dict):
+        return {k: _resolve_references(v, root, depth) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_references(v, root, depth) for v in value]
+    if not isinstance(value, str) or depth > 8:
+        return value
+    match = _REFERENCE.fullmatch(value.strip())
+    if match is None:
+        return value
+    target: Any = root
+    for part in match.group(1).split("."):
+        if not isinstance(target, dict) or part not in target:
+            return value
+        target = target[part]
+    return _resolve_references(target, root, depth + 1)
 
 
 def checkpoint_model_config(ckpt: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Any]:
@@ -297,6 +360,12 @@ def config_from_fairseq(model_cfg: Mapping[str, Any], source: str = "checkpoint"
         value = model_cfg.get(name)
         return _FAIRSEQ_DEFAULTS[name] if value is None else value
 
+    for name, default in _FAIRSEQ_DEFAULTS.items():  # numbers must be numbers (not e.g. unresolved "${...}")
+        value = model_cfg.get(name)
+        if isinstance(default, int | float) and not isinstance(default, bool) and value is not None \
+                and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{source}: {name}={value!r} is not a number; interpolations and resolvers in a "
+                             "checkpoint's config are not evaluated: write the value itself")
     for name, supported in (("activation_fn", ("gelu",)), ("layer_type", ("transformer", None)),
                             ("pos_conv_depth", (1, None)), ("quantize_input", (False, None)),
                             ("target_glu", (False, None))):
@@ -421,6 +490,17 @@ def fairseq_normalize(ckpt: Mapping[str, Any]) -> bool:
         inner = w2v.get("task") if isinstance(w2v.get("task"), Mapping) else w2v
         return bool(inner.get("normalize", False))
     return False
+
+
+def fairseq_labels(ckpt: Mapping[str, Any]) -> list[str] | None:
+    """The CTC output symbols in index order from ``task_state["target_dictionary"]`` (fairseq's four
+    specials first, ``<s>`` = blank), or None when the checkpoint does not keep its dictionary."""
+    task_state = ckpt.get("task_state")
+    book = task_state.get("target_dictionary") if isinstance(task_state, Mapping) else None
+    symbols = getattr(book, "symbols", None)
+    if isinstance(symbols, list) and all(isinstance(s, str) for s in symbols):
+        return list(symbols)
+    return None
 
 
 def load_fairseq_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> SpeechclModel:

@@ -14,7 +14,8 @@ its weights.
 first: blank, pad, eos, unk) and ``normalize`` (whether the model expects per-utterance normalised audio).
 They live in a speechcl ``config.json`` (``labels``, ``normalize``), in a transformers directory's
 ``vocab.json`` and ``preprocessor_config.json`` (``do_normalize``), and in a fairseq checkpoint's task
-config (``normalize``; fairseq keeps the labels in a separate ``dict.ltr.txt``).
+config (``normalize``) and, for a fine-tuned model saved by fairseq's trainer, its task state's target
+dictionary (older files keep the labels only in a separate ``dict.ltr.txt``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Literal
 import torch
 
 from speechcl.interop.fairseq import (
+    fairseq_labels,
     fairseq_normalize,
     load_fairseq_checkpoint,
     model_from_fairseq,
@@ -109,7 +111,8 @@ def read_metadata(path: str | Path) -> ModelMetadata:
             return _speechcl_metadata(path)
         return ModelMetadata(read_hf_labels(path), read_hf_normalize(path))
     if path.suffix == ".pt":
-        return ModelMetadata(None, fairseq_normalize(read_fairseq_checkpoint(path)))
+        ckpt = read_fairseq_checkpoint(path)
+        return ModelMetadata(fairseq_labels(ckpt), fairseq_normalize(ckpt))
     return ModelMetadata()
 
 
@@ -119,7 +122,7 @@ def load_model_with_metadata(path: str | Path, map_location: str | torch.device 
     if detect_format(path) == "fairseq":
         ckpt = read_fairseq_checkpoint(path)
         model = model_from_fairseq(ckpt, str(path)).to(map_location)
-        return model, ModelMetadata(None, fairseq_normalize(ckpt))
+        return model, ModelMetadata(fairseq_labels(ckpt), fairseq_normalize(ckpt))
     return load_model(path, map_location), read_metadata(path)
 
 

@@ -25,6 +25,10 @@ from speechcl.models.checkpoint import load_state_strict, read_safetensors, save
 STATE_NAME = "trainer_state.pt"
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, I/O error); the previous one is left as it was."""
+
+
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -87,8 +91,17 @@ class CheckpointManager:
         tmp = self.root / f".tmp-{tag}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        save_checkpoint(model, tmp, extra=extra_config)
-        torch.save(state, tmp / STATE_NAME)
+        try:
+            save_checkpoint(model, tmp, extra=extra_config)
+            torch.save(state, tmp / STATE_NAME)
+        except OSError as err:  # disk full, I/O error, quota: the previous checkpoint is untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = f"the previous one in {self.path(tag)} is intact" if self.path(tag).exists() else \
+                "there is no earlier one"
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {self.path(tag)} ({err.strerror or err}); {previous}: free space or fix "
+                "the file system, then rerun the same command to resume"
+            ) from err
         target, old = self.path(tag), self.root / f".old-{tag}"
         if old.exists():
             shutil.rmtree(old)

@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-from speechcl.utils.io import atomic_write_text
-
 _CONFIG_EPILOG = ("Configs are looked up in each --config-dir in the order given, then in the configs shipped "
                   "with speechcl (or $SPEECHCL_CONF when set). A user folder may hold a top-level config that "
                   "uses the shipped groups (defaults: [model: small, ...]) and group options of its own "
@@ -47,6 +45,9 @@ def _add_config_options(parser: argparse.ArgumentParser, default: str, shipped: 
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own configs, searched before the shipped ones (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume a run with a config that differs from its saved one (the diff is printed; "
+                             "every config the run used is kept in <exp_dir>/config_history/)")
 
 
 def _compose(args: argparse.Namespace) -> tuple[object, dict] | int:
@@ -69,12 +70,18 @@ def _compose(args: argparse.Namespace) -> tuple[object, dict] | int:
     return cfg, to_plain(cfg)
 
 
-def _save_config(cfg: object, exp_dir: Path) -> None:
+def _save_config(cfg: object, plain: dict, exp_dir: Path, allow_change: bool) -> None:
+    """Check the config against a resumed run's and record it (main process); ConfigChangedError if refused."""
     from omegaconf import OmegaConf
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    from speechcl.training.run_record import record_config
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
         exp_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    diff = record_config(exp_dir, OmegaConf.to_yaml(cfg), plain, allow_change=allow_change, write=main)
+    if diff and main:
+        print("warning: resuming with a changed config (--allow-config-change):\n" + "\n".join(diff), file=sys.stderr)
 
 
 def _sections(plain: dict, spec: dict[str, type]) -> dict[str, object]:
@@ -103,10 +110,17 @@ def _run(args: argparse.Namespace, spec: dict[str, type], runner, find_unused) -
         parts["trainer"].find_unused_parameters = True  # layers skipped or frozen on some updates
     exp_dir = Path(plain["exp_dir"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    _save_config(cfg, exp_dir)
+    from speechcl.training.checkpoints import CheckpointWriteError
+    from speechcl.training.trainer import NonFiniteError
+    from speechcl.utils.signals import EXIT_PREEMPTED, Preempted
+
     try:
+        _save_config(cfg, plain, exp_dir, args.allow_config_change)
         result = runner(parts, exp_dir, plain)
-    except (ValueError, FileNotFoundError) as err:
+    except Preempted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except (ValueError, FileNotFoundError, NonFiniteError, CheckpointWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

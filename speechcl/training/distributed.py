@@ -45,6 +45,15 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def all_gather_objects(items: list, info: DistInfo) -> list:
+    """The concatenation over ranks (in rank order) of each rank's list of picklable ``items``."""
+    if not info.enabled:
+        return list(items)
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

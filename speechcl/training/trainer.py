@@ -33,11 +33,18 @@ from torch import Tensor, nn
 
 from speechcl.data.loader import ResumableLoader
 from speechcl.training.checkpoints import CheckpointManager, rng_state, set_rng_state
-from speechcl.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from speechcl.training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+)
 from speechcl.training.metrics import MetricLogger
 from speechcl.training.schedules import ScheduleConfig, Scheduler
 from speechcl.utils.device import resolve_device
-from speechcl.utils.io import atomic_write_text
+from speechcl.utils.io import atomic_write_text, write_lines
+from speechcl.utils.signals import Preempted, preemptible
 
 log = logging.getLogger("speechcl.train")
 
@@ -70,6 +77,7 @@ class TrainerConfig:
     keep_interval_updates: int = 0  # also keep step_<N> checkpoints every N updates (0: none)
     keep_last: int = 2
     max_consecutive_nonfinite: int = 10
+    max_bad_item_share: float = 0.01  # stop when more than this share of training items cannot be read
     tensorboard: bool = True
     find_unused_parameters: bool = False
 
@@ -135,7 +143,11 @@ class Task:
 
 
 class NonFiniteError(RuntimeError):
-    pass
+    """Too many consecutive updates had a non-finite loss or gradient norm."""
+
+
+class BadDataError(ValueError):
+    """More than ``trainer.max_bad_item_share`` of the training items could not be read."""
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -219,6 +231,10 @@ def evaluate(model: nn.Module, task: Task, loader: ResumableLoader, device: torc
     loader.set_epoch(0)
     with torch.no_grad():
         for position, batch in enumerate(loader):
+            for _, _, reason in batch.get("bad", []):
+                log.warning("validation skips an unreadable item: %s", reason)
+            if batch["source"].shape[0] == 0:
+                continue
             generator = torch.Generator(device).manual_seed(micro_seed(seed + 7919, 0, position * info.world_size
                                                                        + info.rank))
             with autocast_context(device, precision):
@@ -254,36 +270,40 @@ def train(
                               total=cfg.max_update, start=progress.num_updates)
     window = _Window()
 
-    while progress.num_updates < cfg.max_update and (cfg.max_epoch <= 0 or progress.epoch < cfg.max_epoch):
-        train_loader.set_epoch(progress.epoch)
-        for group in _groups(train_loader, cfg.update_freq):
-            step = _train_step(run, group, progress)
-            if step is None:  # non-finite: no update happened, nothing to log, validate or save
-                continue
-            progress.num_updates += 1
-            lr = run.scheduler.step()
-            task.after_update(model, progress.num_updates)
-            run.logger.progress(progress.num_updates)
-            window.add(_reduce_stats(step.stats, run.info, run.device), step.grad_norm)
-            done = progress.num_updates >= cfg.max_update
-            if _every(cfg.log_interval, progress.num_updates) or done:
-                _log_train(run, progress, window, lr)
-                window = _Window()
-            if _every(cfg.valid_interval, progress.num_updates) and not done:
-                _validate(run, progress)
-            keep = _every(cfg.keep_interval_updates, progress.num_updates)
-            if _every(cfg.save_interval, progress.num_updates) or keep or done:
-                _save(run, progress, keep=keep)
-            if done:
-                break
-        if progress.num_updates < cfg.max_update:  # the epoch ran out before the updates did
-            progress.epoch += 1
+    with preemptible() as preemption, contextlib.closing(run.logger):
+        while progress.num_updates < cfg.max_update and (cfg.max_epoch <= 0 or progress.epoch < cfg.max_epoch):
+            train_loader.set_epoch(progress.epoch)
+            for group in _groups(train_loader, cfg.update_freq):
+                step = _train_step(run, group, progress, stop=preemption.requested())
+                if step.updated:  # (a non-finite update changed nothing: nothing to log, validate or save)
+                    progress.num_updates += 1
+                    lr = run.scheduler.step()
+                    task.after_update(model, progress.num_updates)
+                    run.logger.progress(progress.num_updates)
+                    window.add(_reduce_stats(step.stats, run.info, run.device), step.grad_norm)
+                    done = progress.num_updates >= cfg.max_update
+                    if _every(cfg.log_interval, progress.num_updates) or done:
+                        _log_train(run, progress, window, lr)
+                        window = _Window()
+                    if _every(cfg.valid_interval, progress.num_updates) and not done:
+                        _validate(run, progress)
+                    keep = _every(cfg.keep_interval_updates, progress.num_updates)
+                    if _every(cfg.save_interval, progress.num_updates) or keep or done:
+                        _save(run, progress, keep=keep)
+                if step.stop:  # SIGTERM/SIGINT reached some rank: save here, every rank leaves
+                    _save(run, progress)
+                    raise Preempted(f"stopped by {preemption.name or 'a signal on another rank'} at update "
+                                    f"{progress.num_updates}; checkpoints/last holds it: rerun the same "
+                                    "command to resume", preemption.signum)
+                if progress.num_updates >= cfg.max_update:
+                    break
+            if progress.num_updates < cfg.max_update:  # the epoch ran out before the updates did
+                progress.epoch += 1
 
-    last_valid = _validate(run, progress)
-    if last_valid is None or not last_valid["improved"]:
-        if progress.num_updates < cfg.max_update:  # stopped by max_epoch: the last updates are not saved yet
-            _save(run, progress)
-    run.logger.close()
+        last_valid = _validate(run, progress)
+        if last_valid is None or not last_valid["improved"]:
+            if progress.num_updates < cfg.max_update:  # stopped by max_epoch: the last updates are not saved yet
+                _save(run, progress)
     result = {"num_updates": progress.num_updates, "epoch": progress.epoch,
               "nonfinite_skipped": progress.nonfinite_skipped, "valid": last_valid,
               "train_seconds": progress.seconds(), "best": progress.best}
@@ -302,6 +322,7 @@ class Progress:
     nonfinite_skipped: int = 0
     consecutive_nonfinite: int = 0
     previous_seconds: float = 0.0  # training wall time of earlier (interrupted) runs
+    bad_items: dict[str, str] = field(default_factory=dict)  # training files that could not be read -> why
     started: float = field(default_factory=time.perf_counter)
 
     def seconds(self) -> float:
@@ -328,15 +349,19 @@ class _Run:
     ckpt: CheckpointManager
     extra_config: dict[str, Any]
     ddp_model: nn.Module | None = None  # the model forward/backward runs through (DDP wrapper or model)
+    last_batch: dict[str, Any] | None = None  # this rank's last readable batch (see _stand_in)
     logger: MetricLogger | None = None
 
 
 @dataclass
 class _Step:
-    """What one successful update reports: summed statistics of its micro-batches and the gradient norm."""
+    """What one update attempt reports: whether the optimizer stepped (not when non-finite), summed
+    statistics of its micro-batches, the gradient norm, and whether any rank was asked to stop."""
 
+    updated: bool
     stats: dict[str, float]
     grad_norm: float
+    stop: bool
 
 
 class _Window:
@@ -399,7 +424,8 @@ def _resume(run: _Run) -> Progress:
         set_rng_state(state["rng"])
         progress = Progress(num_updates=int(state["num_updates"]), best=float(state["best"]),
                             nonfinite_skipped=int(state["nonfinite_skipped"]),
-                            previous_seconds=float(state.get("train_seconds", 0.0)))
+                            previous_seconds=float(state.get("train_seconds", 0.0)),
+                            bad_items=dict(state.get("bad_items", {})))
         # continue the epoch the sampler was in (state["epoch"] is already past it when a run ended by
         # max_epoch), or the next one when it was saved on that epoch's last batch
         loader_state = run.train_loader.state_dict()
@@ -408,6 +434,8 @@ def _resume(run: _Run) -> Progress:
             log.info("resumed from %s at update %d (epoch %d)", run.ckpt.path("last"), progress.num_updates,
                      progress.epoch)
     run.task.before_update(run.model, progress.num_updates)
+    if progress.bad_items:
+        _write_bad_items(run, progress)  # the file may hold lines from after the checkpoint: rewrite it
     run.ddp_model = run.model
     if run.info.enabled:
         run.ddp_model = nn.parallel.DistributedDataParallel(
@@ -417,14 +445,23 @@ def _resume(run: _Run) -> Progress:
     return progress
 
 
-def _train_step(run: _Run, group: list[tuple[int, dict[str, Tensor]]], progress: Progress) -> _Step | None:
+def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Progress, stop: bool) -> _Step:
     """One update: forward/backward over the group's micro-batches, gradients normalised by the global
-    sample size, clipped, optimizer step. ``None`` when the update was skipped as non-finite."""
+    sample size, clipped, optimizer step (skipped when non-finite). Unreadable items were left out of
+    their batches by the collater; they are recorded here. ``stop`` (this rank's preemption flag) is
+    summed over ranks with the sample size, so every rank learns of it at the same update."""
     run.task.before_update(run.model, progress.num_updates)
     info, device = run.info, run.device
-    sample_size, stats = 0, {}
+    sample_size, stats, bad = 0, {}, []
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i, (position, batch) in enumerate(group):
+        bad += batch.pop("bad", [])
+        if batch["source"].shape[0] == 0:  # every item of this batch was unreadable
+            if not info.enabled:
+                continue
+            batch = _stand_in(run, position)  # DDP: every rank must run backward; this one adds zero
+        else:
+            run.last_batch = batch
         seed = micro_seed(run.cfg.seed, progress.epoch, position * info.world_size + info.rank)
         torch.manual_seed(seed)
         generator = torch.Generator(device).manual_seed(seed + 1)
@@ -434,13 +471,19 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Tensor]]], progress:
         with run.ddp_model.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
             with autocast_context(device, run.precision):
                 out = run.task.forward(run.ddp_model, batch, generator)
+            if batch.get("stand_in"):
+                out = TaskOutput(loss=out.loss * 0.0, sample_size=0)
             run.scaler.scale(out.loss).backward()
         sample_size += out.sample_size
         loss_sum += out.loss.detach().double()
         _merge(stats, out.stats)
-        _merge(stats, {"audio_seconds": float((~batch["padding_mask"]).sum()) / 16000.0})
-    totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum)], dtype=torch.float64,
-                                         device=device), info)
+        _merge(stats, {"audio_seconds": 0.0 if batch.get("stand_in")
+                       else float((~batch["padding_mask"]).sum()) / 16000.0})
+    new_bad = [(path, reason) for _, path, reason in bad if path not in progress.bad_items]
+    totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum), float(len(new_bad)), float(stop)],
+                                         dtype=torch.float64, device=device), info)
+    if totals[2] > 0:
+        _record_bad_items(run, progress, all_gather_objects(new_bad, info))
     grad_norm = _normalise_and_clip(run, total_size=float(totals[0]))
     total_loss = float(totals[1])
     finite = math.isfinite(total_loss) and math.isfinite(grad_norm)
@@ -454,8 +497,46 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Tensor]]], progress:
     run.optimizer.zero_grad(set_to_none=True)
     if not finite:
         run.scheduler.apply()
-        return None
-    return _Step(stats=stats, grad_norm=grad_norm)
+    return _Step(updated=finite, stats=stats, grad_norm=grad_norm, stop=bool(totals[3] > 0))
+
+
+def _stand_in(run: _Run, position: int) -> dict[str, Any]:
+    """A batch whose loss the step multiplies by zero: the last readable batch of this rank, so DDP's
+    gradient all-reduce still sees this rank's backward."""
+    if run.last_batch is None:
+        raise BadDataError(f"rank {run.info.rank}: batch {position} is the first of this run and none of its "
+                           "items can be read (see bad_items.tsv); check the data with `speechcl prepare --verify`")
+    return run.last_batch | {"stand_in": True}
+
+
+def _record_bad_items(run: _Run, progress: Progress, new: list[tuple[str, str]]) -> None:
+    """Add newly found unreadable training files (from every rank), name them, and stop the run when
+    they pass ``trainer.max_bad_item_share`` of the training set."""
+    assert run.logger is not None
+    for path, reason in new:
+        if path not in progress.bad_items:
+            progress.bad_items[path] = reason
+            run.logger.warn(f"skipping an unreadable training item ({len(progress.bad_items)} so far): {reason}")
+    _write_bad_items(run, progress)
+    total = len(run.train_loader.dataset)
+    if len(progress.bad_items) > run.cfg.max_bad_item_share * total:
+        raise BadDataError(
+            f"{len(progress.bad_items)} of {total} training items cannot be read (listed in "
+            f"{run.exp_dir / 'bad_items.tsv'}), more than trainer.max_bad_item_share={run.cfg.max_bad_item_share}: "
+            "fix or remove them (`speechcl prepare ... --verify` keeps them out of the manifests), or raise "
+            "trainer.max_bad_item_share; rerunning resumes from the last checkpoint"
+        )
+
+
+def _write_bad_items(run: _Run, progress: Progress) -> None:
+    if run.info.is_main:
+        write_lines(run.exp_dir / "bad_items.tsv",
+                    ["path\treason", *(f"{_one_field(path)}\t{_one_field(reason)}"
+                                        for path, reason in sorted(progress.bad_items.items()))])
+
+
+def _one_field(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def _normalise_and_clip(run: _Run, total_size: float) -> float:
@@ -527,13 +608,15 @@ def _save(run: _Run, progress: Progress, keep: bool = False) -> None:
             "nonfinite_skipped": progress.nonfinite_skipped, "train_seconds": progress.seconds(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "loader": run.train_loader.state_dict(), "rng": rng_state(),
-            "task": run.task.state_dict(), "trainer": _plain(asdict(run.cfg)),
+            "task": run.task.state_dict(), "bad_items": dict(progress.bad_items),
+            "trainer": _plain(asdict(run.cfg)),
         }
         run.ckpt.save("last", run.model, state, extra_config=run.extra_config or None)
         if keep:
             run.ckpt.copy("last", f"step_{progress.num_updates:08d}")
             run.ckpt.prune()
     barrier(run.info)
+
 
 def _plain(value: Any) -> Any:
     """Dataclass-free, tuple-free copy for JSON and ``weights_only`` pickles."""

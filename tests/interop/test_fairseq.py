@@ -1,4 +1,8 @@
-"""fairseq import: checkpoints built to fairseq's layout from a speechcl model's weights must import exactly."""
+"""fairseq import: checkpoints built to fairseq's layout from a speechcl model's weights must import exactly.
+
+These cover layouts fairseq 0.12 no longer writes (``args`` namespaces, omegaconf ``cfg`` objects, float16
+weights); ``test_fairseq_real.py`` checks checkpoints written by fairseq itself against fairseq's outputs.
+"""
 
 from __future__ import annotations
 
@@ -230,3 +234,35 @@ def test_conv_layer_strings_parse_safely():
     for bad in ("__import__('os').system('true')", "[(512, 10, 5)] * n", "[(1, 2, 3)].pop()", "[(1,2)]"):
         with pytest.raises(ValueError, match="conv_feature_layers"):
             parse_conv_layers(bad)
+
+
+def test_untrusted_literals_are_bounded():
+    for huge in ("[(1, 1, 1)] * 1000000000", "1000000000 * [(1, 1, 1)]", "[(1, 1, 1)] * 10**9",
+                 "([(1,1,1)] * 9000) + ([(1,1,1)] * 9000)", "[" * 5000 + "]" * 5000, "[1]" + " + [1]" * 20000):
+        with pytest.raises(ValueError, match="conv_feature_layers"):
+            parse_literal(huge, "conv_feature_layers")
+    assert len(parse_literal("[(1, 1, 1)] * 10000")) == 10000  # the bound itself is allowed
+
+
+def test_checkpoint_config_resolvers_are_not_run(tmp_path, monkeypatch):
+    omegaconf = pytest.importorskip("omegaconf")
+    monkeypatch.setenv("SPEECHCL_SECRET", "leaked")
+    calls = []
+    omegaconf.OmegaConf.register_new_resolver("spy", lambda x: calls.append(x) or 0.0, replace=True)
+    torch.manual_seed(2)
+    cfg = tiny()
+    ours = speechcl.Wav2Vec2ForPretraining(cfg).eval()
+    model_cfg = fairseq_model_cfg(cfg) | {"dropout": "${common.dropout}", "attention_dropout": "${spy:1}",
+                                          "comment": "${oc.env:SPEECHCL_SECRET}"}
+    dict_cfg = omegaconf.OmegaConf.create({"model": model_cfg, "common": {"dropout": 0.0}})
+    path = tmp_path / "resolvers.pt"
+    torch.save({"cfg": dict_cfg, "model": fairseq_state(ours)}, path)
+    from speechcl.interop.fairseq import checkpoint_model_config, read_fairseq_checkpoint
+
+    plain = checkpoint_model_config(read_fairseq_checkpoint(path))
+    assert plain["dropout"] == 0.0  # a plain reference to another key is followed
+    assert plain["comment"] == "${oc.env:SPEECHCL_SECRET}" and plain["attention_dropout"] == "${spy:1}"
+    assert calls == []
+    with pytest.raises(ValueError, match="attention_dropout"):  # the unresolved text is refused as a number
+        speechcl.load_model(path)
+    assert calls == []

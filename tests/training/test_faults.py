@@ -1,0 +1,236 @@
+"""Training that survives faults: unreadable items are skipped and named, a changed config is refused on
+resume, SIGTERM saves a resumable state, a failed checkpoint write keeps the previous checkpoint, and a
+diverged run ends in a message instead of a traceback."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import Tensor, nn
+
+from speechcl.training.checkpoints import CheckpointManager
+from speechcl.training.pretrain import DataConfig, LossConfig, PretrainTask, build_loader
+from speechcl.training.trainer import BadDataError, TaskOutput, train
+from speechcl.utils.signals import EXIT_PREEMPTED
+from tests.training.helpers import (
+    DATA,
+    TRAIN,
+    max_abs_diff,
+    overrides,
+    pretrain_argv,
+    read_log,
+    read_state,
+    read_weights,
+    run_pretrain_verb,
+    subprocess_env,
+    tiny_configs,
+)
+
+SIZE = 40_000  # samples of each bad file as the manifest lists it
+
+
+def _bad_files(directory: Path) -> dict[str, str]:
+    """A NaN float WAV, a truncated FLAC and random bytes named .flac, each listed as SIZE samples;
+    returns {path: expected words of the reason}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(SIZE)).astype(np.float32)
+    nan = wave.copy()
+    nan[100:200] = np.nan
+    sf.write(directory / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(directory / "whole.flac", wave, 16000)
+    data = (directory / "whole.flac").read_bytes()
+    (directory / "truncated.flac").write_bytes(data[: len(data) // 3])
+    (directory / "whole.flac").unlink()
+    (directory / "noise.flac").write_bytes(rng.bytes(5000))
+    return {str(directory / "nan.wav"): "NaN", str(directory / "truncated.flac"): "",
+            str(directory / "noise.flac"): ""}
+
+
+@pytest.fixture(scope="module")
+def dirty_manifest_dir(manifest_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session corpus with three unreadable files added to the training manifest."""
+    out = tmp_path_factory.mktemp("dirty")
+    for path in manifest_dir.iterdir():
+        if path.is_file():
+            shutil.copy(path, out / path.name)
+    bad = _bad_files(out / "bad")
+    with open(out / f"{TRAIN}.tsv", "a") as manifest:
+        for path in bad:
+            manifest.write(f"{path}\t{SIZE}\n")
+    return out
+
+
+class CrashAfter:
+    """Wraps a task: raises in the forward after ``n`` training forwards (``None``: never)."""
+
+    def __init__(self, task: PretrainTask, n: int | None) -> None:
+        self.task, self.n, self.calls = task, n, 0
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
+        if model.training:
+            if self.n is not None and self.calls >= self.n:
+                raise RuntimeError("simulated crash")
+            self.calls += 1
+        return self.task.forward(model, batch, generator)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.task, name)
+
+
+def _train(manifest_dir: Path, exp: Path, seed: int = 1, crash_after: int | None = None, **trainer: object) -> dict:
+    from speechcl.models.config import preset
+    from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
+
+    torch.manual_seed(seed)
+    cfg = preset("tiny")
+    model = Wav2Vec2ForPretraining(cfg)
+    loader = build_loader(DataConfig(manifest_dir=str(manifest_dir), **DATA), TRAIN, True)
+    task = CrashAfter(PretrainTask(cfg, LossConfig()), crash_after)
+    trainer_cfg, optim, schedule = tiny_configs(**({"max_bad_item_share": 0.5} | trainer))
+    return train(model, task, loader, None, exp, trainer_cfg, optim, schedule)  # type: ignore[arg-type]
+
+
+def test_bad_items_are_skipped_named_and_resume_exactly(dirty_manifest_dir: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    assert _train(dirty_manifest_dir, reference, max_update=7)["num_updates"] == 7  # > one epoch: all seen
+    lines = (reference / "bad_items.tsv").read_text().splitlines()
+    assert lines[0] == "path\treason"
+    named = dict(line.split("\t", 1) for line in lines[1:])
+    expected = {p for p in named}
+    assert expected == {str(dirty_manifest_dir / "bad" / n) for n in ("nan.wav", "truncated.flac", "noise.flac")}
+    assert "NaN" in named[str(dirty_manifest_dir / "bad" / "nan.wav")]
+    warnings = [r["message"] for r in read_log(reference) if r["split"] == "warning"]
+    assert sum("unreadable training item" in w for w in warnings) == 3  # each named once, not every epoch
+    assert sorted(read_state(reference / "checkpoints" / "last")["bad_items"]) == sorted(named)
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(dirty_manifest_dir, resumed, max_update=7, save_interval=3, crash_after=4)
+    assert _train(dirty_manifest_dir, resumed, seed=99, max_update=7)["num_updates"] == 7
+    diff = max_abs_diff(read_weights(resumed / "checkpoints" / "last"), read_weights(reference / "checkpoints" / "last"))
+    assert diff == 0.0, f"max abs difference {diff:.3g}"
+    assert (resumed / "bad_items.tsv").read_text() == (reference / "bad_items.tsv").read_text()
+
+
+def test_too_many_bad_items_stop_the_run_with_a_message(dirty_manifest_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadDataError, match=r"of 15 training items cannot be read.*max_bad_item_share=0.1"):
+        _train(dirty_manifest_dir, tmp_path, max_update=7, max_bad_item_share=0.1)
+    assert (tmp_path / "bad_items.tsv").exists()
+
+
+def test_changed_config_on_resume_is_refused_with_a_diff(manifest_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    exp = tmp_path / "exp"
+    first = ["--config-name", "pretrain_cpu", *overrides(manifest_dir, exp, trainer__max_update=1,
+                                                         data__valid_subset="")]
+    assert run_pretrain_verb(first) == 0
+    saved = (exp / "config.yaml").read_text()
+    assert run_pretrain_verb(first) == 0  # unchanged: resumes (already done), nothing new recorded
+    assert sorted(p.name for p in (exp / "config_history").iterdir()) == ["000.yaml"]
+    capsys.readouterr()
+
+    changed = [*first, "optim.lr=0.01", "model.encoder_layers=3"]
+    assert run_pretrain_verb(changed) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.0005 -> 0.01" in err and "model.encoder_layers: 2 -> 3" in err
+    assert "--allow-config-change" in err
+    assert (exp / "config.yaml").read_text() == saved
+    assert sorted(p.name for p in (exp / "config_history").iterdir()) == ["000.yaml"]
+
+    allowed = [*first, "trainer.max_update=2", "--allow-config-change"]
+    assert run_pretrain_verb(allowed) == 0
+    assert "trainer.max_update: 1 -> 2" in capsys.readouterr().err
+    assert read_state(exp / "checkpoints" / "last")["num_updates"] == 2
+    assert (exp / "config_history" / "000.yaml").read_text() == saved  # the original record stays
+    assert "max_update: 2" in (exp / "config.yaml").read_text()
+    assert "# resumed with these changes" in (exp / "config_history" / "001.yaml").read_text()
+
+
+def _logged_step(exp: Path) -> int:
+    try:
+        return max((r.get("step", 0) for r in read_log(exp) if r["split"] == "train"), default=0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def test_sigterm_saves_a_resumable_state_and_exits_75(manifest_dir: Path, tmp_path: Path) -> None:
+    settings = {"trainer__max_update": 40, "data__valid_subset": ""}
+    exp = tmp_path / "exp"
+    proc = subprocess.Popen(pretrain_argv(manifest_dir, exp, **settings), env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while _logged_step(exp) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    stopped_at = int(read_state(exp / "checkpoints" / "last")["num_updates"])
+    assert 3 <= stopped_at < 40 and stopped_at == _logged_step(exp)  # saved at the update it stopped on
+
+    short = {"trainer__max_update": stopped_at + 2, "data__valid_subset": ""}
+    reference = tmp_path / "reference"
+    assert subprocess.run(pretrain_argv(manifest_dir, reference, **short), env=subprocess_env(),
+                          capture_output=True, timeout=300).returncode == 0
+    resumed = subprocess.run([*pretrain_argv(manifest_dir, exp, **short), "--allow-config-change"],
+                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    diff = max_abs_diff(read_weights(exp / "checkpoints" / "last"), read_weights(reference / "checkpoints" / "last"))
+    assert diff <= 1e-6, f"max abs difference {diff:.3g}"
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(manifest_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    import speechcl.training.checkpoints as checkpoints
+
+    exp = tmp_path / "exp"
+    argv = ["--config-name", "pretrain_cpu", *overrides(manifest_dir, exp, trainer__max_update=4,
+                                                        trainer__save_interval=2, data__valid_subset="")]
+    real_save, calls = torch.save, []
+
+    def failing_save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        calls.append(f)
+        if len(calls) == 2:  # the second checkpoint (update 4): the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", failing_save)
+    assert run_pretrain_verb(argv) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "is intact" in err and "rerun" in err
+    manager = CheckpointManager(exp)
+    assert manager.exists("last") and read_state(exp / "checkpoints" / "last")["num_updates"] == 2
+    assert not list((exp / "checkpoints").glob(".tmp-*"))
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
+    assert run_pretrain_verb(argv) == 0  # and the run resumes from it
+    assert read_state(exp / "checkpoints" / "last")["num_updates"] == 4
+
+
+def test_diverged_run_ends_in_a_message(manifest_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    real_forward = PretrainTask.forward
+
+    def nan_forward(self: PretrainTask, *args: object) -> TaskOutput:
+        out = real_forward(self, *args)  # type: ignore[arg-type]
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(PretrainTask, "forward", nan_forward)
+    argv = ["--config-name", "pretrain_cpu", *overrides(tmp_path, tmp_path / "exp", trainer__max_update=20,
+                                                        trainer__max_consecutive_nonfinite=3,
+                                                        data__valid_subset="")]
+    argv = [a if not a.startswith("data.manifest_dir=") else f"data.manifest_dir={manifest_dir}" for a in argv]
+    assert run_pretrain_verb(argv) == 2
+    assert "3 consecutive updates had a non-finite loss" in capsys.readouterr().err
