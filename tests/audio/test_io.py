@@ -67,7 +67,12 @@ def test_bad_files_raise_naming_the_file(tmp_path):
     data = (tmp_path / "full.flac").read_bytes()
     truncated = tmp_path / "truncated.flac"
     truncated.write_bytes(data[: len(data) // 3])
-    for path, words in ((corrupt, "cannot read"), (empty, "empty"), (zero, "no samples"),
+    wave = _tone(16000, 1.0)[:, 0].astype(np.float32)
+    nan, inf = tmp_path / "nan.wav", tmp_path / "inf.wav"
+    sf.write(nan, np.where(np.arange(wave.size) % 97 == 0, np.nan, wave), 16000, subtype="FLOAT")
+    sf.write(inf, np.where(np.arange(wave.size) == 5, np.inf, wave), 16000, subtype="DOUBLE")
+    for path, words in ((nan, "NaN or infinite"), (inf, "1 of 16000 samples are NaN or infinite"),
+                        (corrupt, "cannot read"), (empty, "empty"), (zero, "no samples"),
                         (truncated, "cannot decode"), (tmp_path / "missing.wav", "cannot read")):
         with pytest.raises(AudioError, match=words) as err:
             load_audio(path)

@@ -86,8 +86,30 @@ def test_labeled_targets(prepared, manifest):
 def test_changed_file_is_detected(manifest):
     broken = manifest.subset([0])
     broken.sizes[0] += 1
-    with pytest.raises(ValueError, match="re-run speechcl prepare"):
-        AudioDataset(broken)[0]
+    item = AudioDataset(broken)[0]
+    assert "source" not in item and "re-run speechcl prepare" in item["bad"]
+
+
+def test_unreadable_items_are_left_out_of_the_batch_and_named(prepared, tmp_path):
+    dictionary = Dictionary.load(prepared / "dict.ltr.txt")
+    ds = AudioDataset.from_files(prepared / f"{TRAIN}.tsv", prepared / f"{TRAIN}.ltr", dictionary)
+    words = read_lines(prepared / f"{TRAIN}.wrd")
+    bad_path = ds.path(1)
+    nan = np.full(int(ds.sizes[1]), np.nan, dtype=np.float32)
+    import soundfile as sf
+
+    copy = tmp_path / "nan.wav"
+    sf.write(copy, nan, 16000, subtype="FLOAT")
+    ds.manifest.paths[int(ds.indices[1])] = str(copy)  # item 1 now points at NaN audio
+    batch = ds.collater([ds[i] for i in (0, 1, 2)])
+    assert batch["id"].tolist() == [0, 2] and batch["source"].shape[0] == 2
+    assert [(i, p) for i, p, _ in batch["bad"]] == [(1, str(copy))] and "NaN" in batch["bad"][0][2]
+    for row, i in enumerate((0, 2)):  # targets stay with their own audio
+        n = int(batch["target_lengths"][row])
+        assert dictionary.decode_words(batch["target"][row, :n].tolist()) == words[i]
+    only_bad = ds.collater([ds[1]])
+    assert only_bad["source"].shape[0] == 0 and only_bad["target"].shape[0] == 0 and len(only_bad["bad"]) == 1
+    assert bad_path != str(copy)
 
 
 def _loader(manifest, workers, epoch=0):
