@@ -6,9 +6,9 @@ Usage::
                        [--heldout-speakers 8] [--seed 0] [--train-split train-clean-100] [--workers N]
                        [--lm-sentences N]
     speechcl prepare librispeech ROOT OUT [--splits S ...] [--subset SPLIT:DURATION ...] [--seed 0]
-                                          [--verify] [--workers N]
+                                          [--verify] [--min-samples 400] [--workers N]
     speechcl prepare audio DIR OUT [--valid-percent 0.01] [--ext flac,wav,...] [--seed 42] [--verify]
-                                   [--workers N]
+                                   [--min-samples 400] [--workers N]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from speechcl.audio.io import AUDIO_EXTENSIONS
 from speechcl.data.prepare import (
+    MIN_SAMPLES,
     REPORT_NAME,
     PrepareResult,
     combine_splits,
@@ -98,7 +99,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true",
-                        help="decode every file (catches corrupt data behind a valid header; slower)")
+                        help="decode every file: also keeps out corrupt data behind a valid header and NaN or "
+                             "infinite samples (slower; the default reads headers only)")
+    parser.add_argument("--min-samples", type=int, default=MIN_SAMPLES, metavar="N",
+                        help=f"skip files shorter than N samples at 16 kHz (default {MIN_SAMPLES}, the model's "
+                             "receptive field)")
     parser.add_argument("--workers", type=int, default=None, help="processes for --verify (default: all CPUs)")
 
 
@@ -147,15 +152,17 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_prepare_librispeech(args: argparse.Namespace) -> int:
     subsets = [parse_subset_spec(s) for s in args.subset]
     result = prepare_librispeech(args.root, args.out, splits=args.splits, subsets=subsets, seed=args.seed,
-                                 verify=args.verify, workers=args.workers, progress=sys.stderr.isatty())
-    return _summarise(result, args.out)
+                                 verify=args.verify, workers=args.workers, progress=sys.stderr.isatty(),
+                                 min_samples=args.min_samples)
+    return _summarise(result, args.out, args.verify)
 
 
 @_user_errors
 def run_prepare_audio(args: argparse.Namespace) -> int:
     result = prepare_audio(args.directory, args.out, valid_percent=args.valid_percent, extensions=args.ext.split(","),
-                           seed=args.seed, verify=args.verify, workers=args.workers, progress=sys.stderr.isatty())
-    return _summarise(result, args.out)
+                           seed=args.seed, verify=args.verify, workers=args.workers, progress=sys.stderr.isatty(),
+                           min_samples=args.min_samples)
+    return _summarise(result, args.out, args.verify)
 
 
 @_user_errors
@@ -166,11 +173,14 @@ def run_prepare_combine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summarise(result: PrepareResult, out: str) -> int:
+def _summarise(result: PrepareResult, out: str, verified: bool) -> int:
     for name, count in result.items.items():
         print(f"{name}: {count} items")
     notes = [r for r in result.report if r.action != "skipped"]
     print(f"{len(result.skipped())} skipped, {len(notes)} converted/noted; report: {out}/{REPORT_NAME}")
+    if not verified:
+        print("checked file headers only; --verify decodes every file and also keeps out corrupt data and "
+              "NaN/Inf samples")
     if result.usable == 0:
         print(f"error: nothing usable was found; see {out}/{REPORT_NAME}", file=sys.stderr)
         return 1

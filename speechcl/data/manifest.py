@@ -88,9 +88,22 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     return manifest
 
 
+def path_problem(rel: str) -> str | None:
+    """Why ``rel`` cannot be a manifest path (a tab, a line break, or a name that is not valid UTF-8),
+    or ``None`` when it can."""
+    if "\t" in rel or len(f"a{rel}b".splitlines()) > 1:
+        return "its name holds tabs or line breaks, which a .tsv manifest cannot hold; rename the file"
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8, which a manifest cannot hold; rename the file"
+    return None
+
+
 def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
-    """Atomically write ``manifest`` to ``path``."""
+    """Atomically write ``manifest`` to ``path``; a path :func:`path_problem` rejects is a ``ValueError``."""
     for rel in manifest.paths:
-        if "\t" in rel or "\n" in rel:
-            raise ValueError(f"cannot write {rel!r} to a manifest: paths must not contain tabs or newlines")
+        problem = path_problem(rel)
+        if problem is not None:
+            raise ValueError(f"cannot write {rel!r} to a manifest: {problem}")
     write_lines(path, [manifest.root, *(f"{p}\t{n}" for p, n in zip(manifest.paths, manifest.sizes))])

@@ -18,26 +18,34 @@ file with one of the given extensions under ``directory`` (by default every form
 ``extract`` finds), ``valid_percent`` of them (seeded) held out.
 
 Bad files never stop preparation; ``OUT/prepare_report.tsv`` lists them with columns
-``split, path, action, reason``:
+``split, path, action, reason`` (a tab, line break or undecodable byte in a cell is written as an escape,
+``\\t``, ``\\n``, ``\\xe9``):
 
 =============  ===============================================================================
 action         when
 =============  ===============================================================================
-``skipped``    unreadable or corrupt, empty (0 bytes), no samples, no transcript line, empty
-               transcript, or (labeled corpora) a transcript line whose audio file is missing
+``skipped``    empty (0 bytes), unreadable header, no samples, shorter than ``min_samples``
+               (default :data:`MIN_SAMPLES`, the model's receptive field), a name a manifest
+               cannot hold (tab, line break, not UTF-8); with ``verify`` also undecodable data
+               and NaN or infinite samples; (labeled corpora) no transcript line, an empty
+               transcript or one that is not valid UTF-8, or a transcript line whose audio file
+               is missing
 ``resampled``  sample rate other than 16 kHz: kept, resampled on load; its manifest length is the
                length after resampling
 ``mixed_down`` more than one channel: kept, channels averaged on load
 =============  ===============================================================================
 
-By default a file is checked from its header; ``verify=True`` decodes every file (in ``workers``
-processes) and also catches files whose data is truncated or corrupt behind a valid header. The
-functions return a :class:`PrepareResult`; the command exits non-zero only when nothing usable remains.
-All outputs are written atomically.
+By default a file is checked from its header (fast, for trusted corpora: a corrupt file or NaN samples
+behind a valid header get in, and training skips them when it meets them); ``verify=True`` decodes
+every file (in ``workers`` processes) with :func:`speechcl.audio.io.load_audio` and keeps out every file
+it rejects: truncated or corrupt data, NaN or infinite samples, and the decoded length decides
+``too short``. A skipped file is in no manifest. The functions return a :class:`PrepareResult`; the
+command exits non-zero only when nothing usable remains. All outputs are written atomically.
 """
 
 from __future__ import annotations
 
+import codecs
 import multiprocessing as mp
 import os
 import random
@@ -56,11 +64,15 @@ from speechcl.audio.io import (
     load_audio,
 )
 from speechcl.data.labels import count_symbols, normalize_transcript, read_lines, words_to_letters, write_dict
-from speechcl.data.manifest import Manifest, combine_manifests, read_manifest, write_manifest
+from speechcl.data.manifest import Manifest, combine_manifests, path_problem, read_manifest, write_manifest
 from speechcl.data.subsets import LIBRILIGHT_DIR, LIBRILIGHT_SETS, SubsetSpec, find_librilight, select_subset
 from speechcl.utils.io import write_lines
 
 REPORT_NAME = "prepare_report.tsv"
+
+MIN_SAMPLES = 400
+"""Default shortest usable file, in samples at 16 kHz: the receptive field of the wav2vec 2.0 feature
+encoder (BASE and LARGE, 400 samples = 25 ms), the least audio that gives one frame."""
 
 
 @dataclass
@@ -95,18 +107,29 @@ class _Probe:
     notes: list[tuple[str, str]]
 
 
-def probe_audio(path: str, verify: bool = False) -> _Probe:
-    """Check one file: its 16 kHz mono length, or why it is unusable, plus conversion notes."""
+def probe_audio(path: str, verify: bool = False, min_samples: int = MIN_SAMPLES) -> _Probe:
+    """Check one file: its 16 kHz mono length, or why it is unusable, plus conversion notes.
+
+    From the header only, or with ``verify`` by decoding it (:func:`load_audio`: undecodable data and
+    non-finite samples are rejected, and the decoded length is the one compared with ``min_samples``).
+    """
     try:
         info = audio_info(path)
         if info.num_frames == 0:
-            return _Probe(path, None, [("skipped", "audio has no samples (zero length)")])
+            return _Probe(path, None, [("skipped", "audio has no samples (zero length); remove the file")])
         num_samples = info.num_samples(SAMPLE_RATE)
         if verify:
             wave, info = load_audio(path, SAMPLE_RATE)
             num_samples = int(wave.numel())
     except AudioError as err:
-        return _Probe(path, None, [("skipped", str(err).removeprefix(f"{path}: "))])
+        return _Probe(path, None, [("skipped", _one_line(str(err).removeprefix(f"{path}: ")))])
+    except (ValueError, RuntimeError, OSError) as err:  # anything else a decoder or resampler raises
+        return _Probe(path, None, [("skipped", _one_line(f"cannot decode audio ({type(err).__name__}: {err}); "
+                                                         "re-create or remove the file"))])
+    if num_samples < min_samples:
+        return _Probe(path, None, [("skipped", f"too short: {num_samples} samples at {SAMPLE_RATE} Hz, fewer than "
+                                               f"min_samples={min_samples}; remove the file or lower the minimum "
+                                               "(--min-samples)")])
     notes = []
     if info.sample_rate != SAMPLE_RATE:
         notes.append(("resampled", f"sample rate {info.sample_rate} Hz; resampled to {SAMPLE_RATE} Hz on load"))
@@ -115,27 +138,64 @@ def probe_audio(path: str, verify: bool = False) -> _Probe:
     return _Probe(path, num_samples, notes)
 
 
-def _probe_star(args: tuple[str, bool]) -> _Probe:
+def _probe_star(args: tuple[str, bool, int]) -> _Probe:
     return probe_audio(*args)
 
 
-def _probe_all(paths: Sequence[str], verify: bool, workers: int | None, progress: bool, desc: str) -> list[_Probe]:
-    bar = tqdm(total=len(paths), desc=desc, unit="file", disable=not progress, leave=False)
-    jobs = [(p, verify) for p in paths]
-    workers = workers or os.cpu_count() or 1
-    if verify and workers > 1 and len(paths) > 64:
+@dataclass(frozen=True)
+class _Check:
+    """How files are checked: decode them (``verify``) or read headers, the minimum length, processes."""
+
+    verify: bool = False
+    min_samples: int = MIN_SAMPLES
+    workers: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_samples < 0:
+            raise ValueError(f"min_samples must be 0 or more, got {self.min_samples}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+
+def _probe_all(paths: Sequence[str], check: _Check, desc: str) -> list[_Probe]:
+    """Probe ``paths`` in order, with a progress bar counting the files skipped so far."""
+    mode = "decoding" if check.verify else "reading headers of"
+    bar = tqdm(total=len(paths), desc=f"{mode} {desc}", unit="file", disable=not check.progress, leave=False)
+    jobs = [(p, check.verify, check.min_samples) for p in paths]
+    workers = check.workers or os.cpu_count() or 1
+    probes: list[_Probe] = []
+    skipped = 0
+
+    def add(probe: _Probe) -> None:
+        nonlocal skipped
+        probes.append(probe)
+        if probe.num_samples is None:
+            skipped += 1
+            bar.set_postfix(skipped=skipped, refresh=False)
+        bar.update()
+
+    if check.verify and workers > 1 and len(paths) > 64:
         with mp.get_context("fork").Pool(workers, initializer=_single_thread) as pool:
-            probes = []
             for probe in pool.imap(_probe_star, jobs, chunksize=32):
-                probes.append(probe)
-                bar.update()
+                add(probe)
     else:
-        probes = []
         for job in jobs:
-            probes.append(_probe_star(job))
-            bar.update()
+            add(_probe_star(job))
     bar.close()
     return probes
+
+
+def _manifest_safe(paths: Sequence[str], root: Path, label: str, report: list[ReportRow]) -> list[str]:
+    """The ``paths`` a manifest can hold; the others are reported as skipped."""
+    kept = []
+    for path in paths:
+        problem = path_problem(_rel(path, root))
+        if problem is None:
+            kept.append(path)
+        else:
+            report.append(ReportRow(label, _rel(path, root), "skipped", problem))
+    return kept
 
 
 def _single_thread() -> None:
@@ -148,6 +208,10 @@ def _rel(path: str, root: Path) -> str:
     return os.path.relpath(path, root)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 # ----------------------------------------------------------------------------- LibriSpeech
 
 
@@ -158,6 +222,15 @@ class _Utterance:
     num_samples: int
 
 
+@dataclass
+class _Line:
+    """A transcript line: its text, or why it is unusable, and the file it came from."""
+
+    text: str | None
+    source: Path
+    problem: str = ""
+
+
 def find_splits(root: str | Path) -> list[str]:
     """Subdirectories of ``root`` laid out as LibriSpeech splits (``<spk>/<chap>/*.trans.txt``)."""
     root = Path(root)
@@ -165,26 +238,43 @@ def find_splits(root: str | Path) -> list[str]:
                   if d.is_dir() and d.name != LIBRILIGHT_DIR and next(d.glob("*/*/*.trans.txt"), None) is not None)
 
 
-def scan_librispeech_dir(directory: Path, root: Path, label: str, report: list[ReportRow], verify: bool,
-                         workers: int | None, progress: bool) -> list[_Utterance]:
+def read_transcripts(path: Path, root: Path) -> dict[str, _Line]:
+    """The lines ``UTT_ID TEXT`` of a ``.trans.txt`` file by utterance id (a leading BOM is ignored).
+
+    A line that is not valid UTF-8 keeps its id (decoded as file names are) with ``text=None`` and the
+    problem, so that its utterance is reported instead of entering the labels with garbled text.
+    """
+    lines: dict[str, _Line] = {}
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        utt_id, _, text = raw.strip().partition(b" ")
+        if not utt_id:
+            continue
+        key = utt_id.decode("utf-8", "surrogateescape")
+        try:
+            lines[key] = _Line(text.decode("utf-8"), path)
+        except UnicodeDecodeError as err:
+            lines[key] = _Line(None, path, f"transcript line {number} of {_rel(str(path), root)} is not valid "
+                                           f"UTF-8 (at {text[err.start:err.start + 4]!r}); fix the file's encoding")
+    return lines
+
+
+def scan_librispeech_dir(directory: Path, root: Path, label: str, report: list[ReportRow],
+                         check: _Check) -> list[_Utterance]:
     """Pair every audio file under ``directory`` with its transcript line; problems go to ``report``."""
-    transcripts: dict[str, tuple[str, Path]] = {}
+    transcripts: dict[str, _Line] = {}
     audio: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if name.endswith(".trans.txt"):
-                with open(full, encoding="utf-8", errors="replace") as handle:
-                    for line in handle:
-                        utt_id, _, text = line.strip().partition(" ")
-                        if utt_id:
-                            transcripts[utt_id] = (text, Path(full))
+                transcripts.update(read_transcripts(Path(full), root))
             elif name.rsplit(".", 1)[-1].lower() in AUDIO_EXTENSIONS and not name.startswith("."):
                 audio[name.rsplit(".", 1)[0]] = full
-    paths = [audio[k] for k in sorted(audio, key=lambda k: _rel(audio[k], root))]
-    probes = _probe_all(paths, verify, workers, progress, desc=f"checking {label}")
-    by_id = {Path(p.path).name.rsplit(".", 1)[0]: p for p in probes}
+    ids = sorted(audio, key=lambda k: _rel(audio[k], root))
+    safe = set(_manifest_safe([audio[k] for k in ids], root, label, report))
+    probes = _probe_all([audio[k] for k in ids if audio[k] in safe], check, desc=label)
     utterances = []
     for probe in probes:
         rel = _rel(probe.path, root)
@@ -193,18 +283,19 @@ def scan_librispeech_dir(directory: Path, root: Path, label: str, report: list[R
             report.append(ReportRow(label, rel, action, reason))
         if probe.num_samples is None:
             continue
-        if utt_id not in transcripts:
+        line = transcripts.get(utt_id)
+        if line is None:
             report.append(ReportRow(label, rel, "skipped", f"no transcript line for {utt_id} in "
                                     f"{utt_id.rsplit('-', 1)[0]}.trans.txt"))
-            continue
-        text = normalize_transcript(transcripts[utt_id][0])
-        if not text:
+        elif line.text is None:
+            report.append(ReportRow(label, rel, "skipped", line.problem))
+        elif not normalize_transcript(line.text):
             report.append(ReportRow(label, rel, "skipped", "empty transcript"))
-            continue
-        utterances.append(_Utterance(probe.path, text, probe.num_samples))
-    for utt_id, (_, trans) in sorted(transcripts.items()):
-        if utt_id not in by_id:
-            report.append(ReportRow(label, _rel(str(trans), root), "skipped",
+        else:
+            utterances.append(_Utterance(probe.path, normalize_transcript(line.text), probe.num_samples))
+    for utt_id, line in sorted(transcripts.items()):
+        if utt_id not in audio:
+            report.append(ReportRow(label, _rel(str(line.source), root), "skipped",
                                     f"transcript line {utt_id} has no audio file"))
     return utterances
 
@@ -221,7 +312,8 @@ def _write_labeled_set(out: Path, name: str, root: Path, utterances: Sequence[_U
 
 def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits: Sequence[str] | None = None,
                         subsets: Sequence[SubsetSpec] = (), seed: int = 0, verify: bool = False,
-                        workers: int | None = None, progress: bool = False) -> PrepareResult:
+                        workers: int | None = None, progress: bool = False,
+                        min_samples: int = MIN_SAMPLES) -> PrepareResult:
     """Prepare a LibriSpeech(-style) tree; see the module docstring for what is written.
 
     Args:
@@ -233,6 +325,7 @@ def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits:
         verify: decode every file instead of reading headers only.
         workers: processes for ``verify``.
         progress: show progress bars.
+        min_samples: skip files shorter than this, in samples at 16 kHz.
 
     Raises:
         ValueError: ``root`` is not a directory or a requested split does not exist.
@@ -241,6 +334,7 @@ def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits:
     out = Path(out)
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory; pass the LibriSpeech root holding the split directories")
+    check = _Check(verify, min_samples, workers, progress)
     available = find_splits(root)
     wanted = list(splits) if splits else list(available)
     for spec in subsets:
@@ -257,7 +351,7 @@ def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits:
     letters: dict[str, list[str]] = {}
     utterances: dict[str, list[_Utterance]] = {}
     for split in wanted:
-        utts = scan_librispeech_dir(root / split, root, split, result.report, verify, workers, progress)
+        utts = scan_librispeech_dir(root / split, root, split, result.report, check)
         utterances[split] = utts
         if not utts:
             result.report.append(ReportRow(split, split, "skipped", "no usable utterances; no files written"))
@@ -278,23 +372,7 @@ def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits:
         _write_labeled_set(out, spec.name, root, [utts[i] for i in chosen])
         result.items[spec.name] = len(chosen)
 
-    librilight = find_librilight(root)
-    if librilight is not None:
-        parts: dict[str, list[_Utterance]] = {}
-        for sub in sorted({p for dirs in LIBRILIGHT_SETS.values() for p in dirs}):
-            if (librilight / sub).is_dir():
-                parts[sub] = scan_librispeech_dir(librilight / sub, root, f"{LIBRILIGHT_DIR}/{sub}", result.report,
-                                                  verify, workers, progress)
-        for name, dirs in LIBRILIGHT_SETS.items():
-            utts = [u for d in dirs for u in parts.get(d, [])]
-            if not utts:
-                continue
-            # "1h" includes "1h/0": keep each file once, in path order
-            unique = {u.path: u for u in utts}
-            utts = sorted(unique.values(), key=lambda u: _rel(u.path, root))
-            letters.setdefault(name, _write_labeled_set(out, name, root, utts))
-            result.items[name] = len(utts)
-
+    _prepare_librilight(root, out, check, result, letters)
     train = [s for s in letters if s.startswith("train")] or list(letters)
     if letters:
         write_dict(out / "dict.ltr.txt", count_symbols(line for s in train for line in letters[s]))
@@ -302,12 +380,35 @@ def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits:
     return result
 
 
+def _prepare_librilight(root: Path, out: Path, check: _Check, result: PrepareResult,
+                        letters: dict[str, list[str]]) -> None:
+    """Write the LibriLight sets found under ``root`` (if any); their ``.ltr`` lines go to ``letters``."""
+    librilight = find_librilight(root)
+    if librilight is None:
+        return
+    parts: dict[str, list[_Utterance]] = {}
+    for sub in sorted({p for dirs in LIBRILIGHT_SETS.values() for p in dirs}):
+        if (librilight / sub).is_dir():
+            parts[sub] = scan_librispeech_dir(librilight / sub, root, f"{LIBRILIGHT_DIR}/{sub}", result.report,
+                                              check)
+    for name, dirs in LIBRILIGHT_SETS.items():
+        utts = [u for d in dirs for u in parts.get(d, [])]
+        if not utts:
+            continue
+        # "1h" includes "1h/0": keep each file once, in path order
+        unique = {u.path: u for u in utts}
+        utts = sorted(unique.values(), key=lambda u: _rel(u.path, root))
+        letters.setdefault(name, _write_labeled_set(out, name, root, utts))
+        result.items[name] = len(utts)
+
+
 # ----------------------------------------------------------------------------- any audio folder
 
 
 def prepare_audio(directory: str | os.PathLike, out: str | os.PathLike, valid_percent: float = 0.01,
                   extensions: Iterable[str] = AUDIO_EXTENSIONS, seed: int = 42, verify: bool = False,
-                  workers: int | None = None, progress: bool = False) -> PrepareResult:
+                  workers: int | None = None, progress: bool = False,
+                  min_samples: int = MIN_SAMPLES) -> PrepareResult:
     """Write ``train.tsv`` and ``valid.tsv`` for every audio file under ``directory``.
 
     Args:
@@ -320,6 +421,7 @@ def prepare_audio(directory: str | os.PathLike, out: str | os.PathLike, valid_pe
         verify: decode every file instead of reading headers only.
         workers: processes for ``verify``.
         progress: show a progress bar.
+        min_samples: skip files shorter than this, in samples at 16 kHz.
     """
     root = Path(directory).resolve()
     out = Path(out)
@@ -330,11 +432,12 @@ def prepare_audio(directory: str | os.PathLike, out: str | os.PathLike, valid_pe
     exts = {e.strip().lower().lstrip(".") for e in extensions if e.strip()}
     if not exts:
         raise ValueError("no extensions given; pass e.g. --ext flac,wav")
+    check = _Check(verify, min_samples, workers, progress)
     paths = sorted((str(p) for p in find_audio_files(root, exts)), key=lambda p: _rel(p, root))
     out.mkdir(parents=True, exist_ok=True)
     result = PrepareResult()
     usable = []
-    for probe in _probe_all(paths, verify, workers, progress, desc="checking audio"):
+    for probe in _probe_all(_manifest_safe(paths, root, "audio", result.report), check, desc="audio"):
         rel = _rel(probe.path, root)
         result.report += [ReportRow("audio", rel, action, reason) for action, reason in probe.notes]
         if probe.num_samples is not None:
@@ -409,4 +512,17 @@ def combine_splits(data_dir: str | os.PathLike, name: str, parts: Sequence[str],
 
 def _write_report(out: Path, rows: Sequence[ReportRow]) -> None:
     write_lines(out / REPORT_NAME, ["split\tpath\taction\treason",
-                                    *(f"{r.split}\t{r.path}\t{r.action}\t{r.reason}" for r in rows)])
+                                    *(f"{_cell(r.split)}\t{_cell(r.path)}\t{r.action}\t{_cell(r.reason)}"
+                                      for r in rows)])
+
+
+def _cell(text: str) -> str:
+    """``text`` as one TSV cell in UTF-8: tabs, line breaks and undecodable bytes written as escapes."""
+    if path_problem(text) is None:
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # a file name's undecodable bytes, as they were
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

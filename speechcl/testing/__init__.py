@@ -1,0 +1,1 @@
+"""Generated test data shared by the test suites (nothing here is used at run time)."""
