@@ -234,3 +234,66 @@ def test_diverged_run_ends_in_a_message(manifest_dir: Path, tmp_path: Path, monk
     argv = [a if not a.startswith("data.manifest_dir=") else f"data.manifest_dir={manifest_dir}" for a in argv]
     assert run_pretrain_verb(argv) == 2
     assert "3 consecutive updates had a non-finite loss" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fuzzed_manifest_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The fuzzed folder prepared with headers only (so undecodable and NaN files enter the manifest),
+    with letter labels for every item so fine-tuning can run on it too."""
+    from speechcl.data.labels import write_dict
+    from speechcl.data.manifest import read_manifest
+    from speechcl.data.prepare import prepare_audio
+    from speechcl.testing.fuzz import write_fuzzed_folder
+
+    root = tmp_path_factory.mktemp("fuzzed")
+    verdicts = write_fuzzed_folder(root / "audio")
+    prepare_audio(root / "audio", root / "data", valid_percent=0.0)
+    manifest = read_manifest(root / "data" / "train.tsv")
+    (root / "data" / "train.wrd").write_text("".join("ABBA CAB\n" for _ in manifest.paths))
+    (root / "data" / "train.ltr").write_text("".join("A B B A | C A B |\n" for _ in manifest.paths))
+    write_dict(root / "data" / "dict.ltr.txt", [("|", 2), ("A", 3), ("B", 3), ("C", 1)])
+    return root / "data", verdicts
+
+
+def _fuzz_overrides(data: Path, exp: Path, **extra: object) -> list[str]:
+    values = {"data.manifest_dir": data, "exp_dir": exp, "data.train_subset": "train", "data.valid_subset": "",
+              "data.num_workers": 0, "data.max_tokens": 96000, "trainer.threads": 1, "trainer.log_interval": 1,
+              "trainer.tensorboard": "false", "trainer.max_bad_item_share": 0.5, "trainer.device": "cpu"}
+    return [f"{k}={v}" for k, v in (values | extra).items()]
+
+
+def _bad_named(exp: Path) -> set[str]:
+    return {Path(line.split("\t")[0]).name for line in (exp / "bad_items.tsv").read_text().splitlines()[1:]}
+
+
+def test_fuzzed_folder_through_pretrain_and_finetune(fuzzed_manifest_dir: tuple[Path, dict[str, str]],
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from speechcl.data.manifest import read_manifest
+
+    data, verdicts = fuzzed_manifest_dir
+    listed = {Path(p).name for p in read_manifest(data / "train.tsv").paths}
+    decode_only = {Path(p).name for p, v in verdicts.items() if v in ("undecodable", "non-finite")}
+    assert decode_only and decode_only <= listed  # headers only let them in
+
+    pretrain = ["--config-name", "pretrain_cpu", "model=tiny", "data.max_sample_size=32000",
+                "data.min_sample_size=8000", "trainer.max_update=8",
+                *_fuzz_overrides(data, tmp_path / "pretrain")]
+    assert run_pretrain_verb(pretrain) == 0, capsys.readouterr().err[-2000:]
+    assert _bad_named(tmp_path / "pretrain") == decode_only
+    weights = read_weights(tmp_path / "pretrain" / "checkpoints" / "last")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+    from speechcl.training import commands
+
+    finetune = ["finetune", "--config-name", "finetune_cpu", "model.preset=tiny", "model.init=",
+                "data.max_sample_size=800000", "data.min_sample_size=0", "trainer.max_update=4",
+                *_fuzz_overrides(data, tmp_path / "finetune")]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="verb", required=True))
+    args, extra = parser.parse_known_args(finetune)
+    args.overrides = extra
+    assert args.func(args) == 0, capsys.readouterr().err[-2000:]
+    assert _bad_named(tmp_path / "finetune") == decode_only
+    assert "Traceback" not in capsys.readouterr().err
