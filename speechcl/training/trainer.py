@@ -471,8 +471,8 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
         with run.ddp_model.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
             with autocast_context(device, run.precision):
                 out = run.task.forward(run.ddp_model, batch, generator)
-            if batch.get("stand_in"):
-                out = TaskOutput(loss=out.loss * 0.0, sample_size=0)
+            if batch.get("stand_in"):  # the same statistics keys as the other ranks' (they are summed), zeroed
+                out = TaskOutput(loss=out.loss * 0.0, sample_size=0, stats=dict.fromkeys(out.stats, 0.0))
             run.scaler.scale(out.loss).backward()
         sample_size += out.sample_size
         loss_sum += out.loss.detach().double()
@@ -501,11 +501,20 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
 
 
 def _stand_in(run: _Run, position: int) -> dict[str, Any]:
-    """A batch whose loss the step multiplies by zero: the last readable batch of this rank, so DDP's
-    gradient all-reduce still sees this rank's backward."""
+    """A batch whose loss the step multiplies by zero, so DDP's gradient all-reduce still sees this rank's
+    backward: the last readable batch of this rank, or (before there is one) the first readable item of
+    the training set."""
     if run.last_batch is None:
-        raise BadDataError(f"rank {run.info.rank}: batch {position} is the first of this run and none of its "
-                           "items can be read (see bad_items.tsv); check the data with `speechcl prepare --verify`")
+        dataset = run.train_loader.dataset
+        for index in range(min(len(dataset), 1000)):
+            item = dataset[index]
+            if "bad" not in item:
+                run.last_batch = dataset.collater([item])
+                break
+        else:
+            raise BadDataError(f"rank {run.info.rank}: none of the first training items can be read (see "
+                               f"bad_items.tsv, batch {position}); check the data with `speechcl prepare --verify`")
+    assert run.last_batch is not None
     return run.last_batch | {"stand_in": True}
 
 

@@ -39,7 +39,8 @@ SIZE = 40_000  # samples of each bad file as the manifest lists it
 
 
 def _bad_files(directory: Path) -> dict[str, str]:
-    """A NaN float WAV, a truncated FLAC and random bytes named .flac, each listed as SIZE samples;
+    """A NaN float WAV, a truncated FLAC, random bytes named .flac and text named .wav, each listed as SIZE
+    samples;
     returns {path: expected words of the reason}."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -52,13 +53,14 @@ def _bad_files(directory: Path) -> dict[str, str]:
     (directory / "truncated.flac").write_bytes(data[: len(data) // 3])
     (directory / "whole.flac").unlink()
     (directory / "noise.flac").write_bytes(rng.bytes(5000))
+    (directory / "text.wav").write_text("not audio\n" * 100)
     return {str(directory / "nan.wav"): "NaN", str(directory / "truncated.flac"): "",
-            str(directory / "noise.flac"): ""}
+            str(directory / "noise.flac"): "", str(directory / "text.wav"): ""}
 
 
 @pytest.fixture(scope="module")
 def dirty_manifest_dir(manifest_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session corpus with three unreadable files added to the training manifest."""
+    """The session corpus (12 items) with four unreadable files added to the training manifest."""
     out = tmp_path_factory.mktemp("dirty")
     for path in manifest_dir.iterdir():
         if path.is_file():
@@ -107,10 +109,11 @@ def test_bad_items_are_skipped_named_and_resume_exactly(dirty_manifest_dir: Path
     assert lines[0] == "path\treason"
     named = dict(line.split("\t", 1) for line in lines[1:])
     expected = {p for p in named}
-    assert expected == {str(dirty_manifest_dir / "bad" / n) for n in ("nan.wav", "truncated.flac", "noise.flac")}
+    assert expected == {str(dirty_manifest_dir / "bad" / n)
+                        for n in ("nan.wav", "truncated.flac", "noise.flac", "text.wav")}
     assert "NaN" in named[str(dirty_manifest_dir / "bad" / "nan.wav")]
     warnings = [r["message"] for r in read_log(reference) if r["split"] == "warning"]
-    assert sum("unreadable training item" in w for w in warnings) == 3  # each named once, not every epoch
+    assert sum("unreadable training item" in w for w in warnings) == 4  # each named once, not every epoch
     assert sorted(read_state(reference / "checkpoints" / "last")["bad_items"]) == sorted(named)
 
     resumed = tmp_path / "resumed"
@@ -123,7 +126,7 @@ def test_bad_items_are_skipped_named_and_resume_exactly(dirty_manifest_dir: Path
 
 
 def test_too_many_bad_items_stop_the_run_with_a_message(dirty_manifest_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(BadDataError, match=r"of 15 training items cannot be read.*max_bad_item_share=0.1"):
+    with pytest.raises(BadDataError, match=r"of 16 training items cannot be read.*max_bad_item_share=0.1"):
         _train(dirty_manifest_dir, tmp_path, max_update=7, max_bad_item_share=0.1)
     assert (tmp_path / "bad_items.tsv").exists()
 
@@ -297,3 +300,29 @@ def test_fuzzed_folder_through_pretrain_and_finetune(fuzzed_manifest_dir: tuple[
     assert args.func(args) == 0, capsys.readouterr().err[-2000:]
     assert _bad_named(tmp_path / "finetune") == decode_only
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_two_ranks_with_unreadable_batches_equal_one_process(dirty_manifest_dir: Path, tmp_path: Path) -> None:
+    """One item per batch, so every bad item makes a whole batch unreadable: the rank that draws it runs a
+    zero-weight stand-in (DDP needs its backward) and the updates equal one process accumulating 2."""
+    from tests.training.test_distributed import TIMEOUT, _torchrun
+
+    settings = {"trainer__max_update": 8, "data__max_tokens": 32000, "trainer__max_bad_item_share": 0.5,
+                "data__valid_subset": "", "schedule__warmup_updates": 1, "optim__lr": 0.002}
+    env = subprocess_env()
+    one = subprocess.run(pretrain_argv(dirty_manifest_dir, tmp_path / "one", trainer__update_freq=2, **settings),
+                         env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp = subprocess.run([*_torchrun(), "-m", "speechcl", "pretrain", "--config-name", "pretrain_cpu",
+                          *overrides(dirty_manifest_dir, tmp_path / "ddp", **settings)],
+                         env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert ddp.returncode == 0, (ddp.stdout + ddp.stderr)[-4000:]
+    assert read_state(tmp_path / "ddp" / "checkpoints" / "last")["loader"]["position"] == 8  # a whole epoch
+    assert (tmp_path / "ddp" / "bad_items.tsv").read_text() == (tmp_path / "one" / "bad_items.tsv").read_text()
+    assert len((tmp_path / "ddp" / "bad_items.tsv").read_text().splitlines()) == 5  # header + 4, both ranks'
+    diff = max_abs_diff(read_weights(tmp_path / "ddp" / "checkpoints" / "last"),
+                        read_weights(tmp_path / "one" / "checkpoints" / "last"))
+    assert diff <= 1e-5, f"max abs difference {diff:.3g}"
