@@ -118,7 +118,14 @@ class CheckpointManager:
         tmp = self.root / f".tmp-{dst}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        shutil.copytree(self.path(src), tmp)
+        try:
+            shutil.copytree(self.path(src), tmp)
+        except OSError as err:  # disk full or I/O error: `dst` as it was, `src` untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(
+                f"cannot copy checkpoint {self.path(src)} to {self.path(dst)} ({getattr(err, 'strerror', None) or err}); "
+                "both are as they were: free space or fix the file system, then rerun the same command to resume"
+            ) from err
         target, old = self.path(dst), self.root / f".old-{dst}"
         if target.exists():
             os.replace(target, old)

@@ -326,3 +326,27 @@ def test_two_ranks_with_unreadable_batches_equal_one_process(dirty_manifest_dir:
     diff = max_abs_diff(read_weights(tmp_path / "ddp" / "checkpoints" / "last"),
                         read_weights(tmp_path / "one" / "checkpoints" / "last"))
     assert diff <= 1e-5, f"max abs difference {diff:.3g}"
+
+
+def test_failed_best_copy_keeps_both_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import speechcl.training.checkpoints as checkpoints
+    from speechcl.models.config import preset
+    from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
+
+    model = Wav2Vec2ForPretraining(preset("tiny"))
+    manager = CheckpointManager(tmp_path)
+    manager.save("last", model, {"num_updates": 1})
+    manager.copy("last", "best")
+    manager.save("last", model, {"num_updates": 2})
+
+    def full_disk(src: object, dst: Path, *args: object, **kwargs: object) -> None:
+        Path(dst).mkdir()
+        (Path(dst) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.shutil, "copytree", full_disk)
+    with pytest.raises(checkpoints.CheckpointWriteError, match="No space left on device.*as they were"):
+        manager.copy("last", "best")
+    assert read_state(tmp_path / "checkpoints" / "best")["num_updates"] == 1
+    assert read_state(tmp_path / "checkpoints" / "last")["num_updates"] == 2
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
