@@ -10,5 +10,6 @@
 - :mod:`speechcl.bench.report` — the targets and the PASS/MISS table.
 
 The command line is ``speechcl bench {pretrain,inference,extract,all}`` (:mod:`speechcl.bench.commands`)
-and ``tools/bench_*.py``. Submodules are imported on use: transformers is only a ``dev`` extra.
+and ``tools/bench_*.py``. Submodules are imported on use: transformers comes with the ``bench`` extra
+(``pip install 'speechcl[bench]'``), and the other verbs run without it.
 """

@@ -175,6 +175,7 @@ def _extract_config(args: argparse.Namespace, budget: dict[str, tuple[Any, Any]]
 
 def _run(args: argparse.Namespace, body: Callable[[], dict[str, Any]]) -> int:
     """Apply ``--threads``, run ``body`` (which prints), write ``--json``; errors of use exit 2."""
+    from speechcl.bench.reference import require_transformers
     from speechcl.bench.report import write_json
 
     if args.threads is not None:
@@ -183,6 +184,7 @@ def _run(args: argparse.Namespace, body: Callable[[], dict[str, Any]]) -> int:
             return 2
         torch.set_num_threads(args.threads)
     try:
+        require_transformers()  # before any measuring: every benchmark has a transformers side
         result = body()
     except (ValueError, ImportError) as err:
         print(f"speechcl bench: error: {err}", file=sys.stderr)

@@ -24,12 +24,12 @@ from speechcl.training.trainer import autocast_context
 
 
 def require_transformers() -> ModuleType:
-    """Import transformers, or explain how to get it (it is a ``dev`` extra, not a dependency)."""
+    """Import transformers, or explain how to get it (the ``bench`` extra, not a dependency)."""
     try:
         import transformers
-    except ImportError as err:  # pragma: no cover - the dev install has it
-        raise ImportError("the benchmarks compare against transformers: pip install 'speechcl[dev]' "
-                           "or pip install transformers") from err
+    except ImportError as err:
+        raise ImportError("the benchmarks compare against transformers, which is not installed: "
+                          "pip install 'speechcl[bench]' (or pip install 'transformers>=4.40')") from err
     return transformers
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from speechcl.models.config import preset
 from speechcl.models.masking import compute_span_mask
@@ -111,3 +112,45 @@ def test_identical_targets_compares_values_like_eq():
     expected = (targets[neg] == targets[:, None, :]).all(-1)
     assert torch.equal(identical_targets(targets, neg), expected)
     assert expected[0, 0] and not expected[2, 0]
+
+
+def tiny_pretraining_output(seed: int = 0):
+    """A tiny model, a 1 s batch of two noise clips and the model's output on it (training mode)."""
+    torch.manual_seed(seed)
+    model = Wav2Vec2ForPretraining(preset("tiny"))
+    wav = torch.randn(2, 16000, generator=torch.Generator().manual_seed(seed))
+    return model, wav, model(wav, generator=torch.Generator().manual_seed(seed))
+
+
+def test_feature_penalty_is_mean_squared_conv_features():
+    model, wav, out = tiny_pretraining_output()
+    with torch.no_grad():
+        conv = model.encoder.feature_extractor(wav)  # [B, T, C], before the LayerNorm
+    assert conv.shape[:2] == out.mask_indices.shape
+    expected = (conv.double() ** 2).sum() / conv.numel()
+    torch.testing.assert_close(out.features_pen.double(), expected, rtol=1e-5, atol=0)
+    assert torch.equal(wav2vec2_loss(out).features_pen, out.features_pen)
+    # it reaches the feature encoder's weights (the penalty's purpose), and only through the conv features
+    out.features_pen.backward()
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None and bool(p.grad.any())}
+    conv_params = {f"encoder.feature_extractor.{name}" for name, _ in model.encoder.feature_extractor.named_parameters()}
+    assert with_grad and with_grad <= conv_params
+
+
+@pytest.mark.parametrize("weights", [None, (0.3, 2.0)], ids=["fairseq_defaults", "explicit"])
+def test_total_loss_scales_penalties_by_masked_steps(weights):
+    """fairseq's wav2vec criterion: ``CE_sum + sum_i coef_i * extra_i * sample_size`` with the extra
+    losses (G·V − prob_perplexity) / (G·V) and the feature penalty; BASE coefficients 0.1 and 10."""
+    _, _, out = tiny_pretraining_output(seed=1)
+    loss = wav2vec2_loss(out) if weights is None else wav2vec2_loss(out, *weights)
+    w_div, w_feat = weights or (0.1, 10.0)
+    n = int(out.mask_indices.sum())
+    ce = F.cross_entropy(out.logits.double(), torch.zeros(n, dtype=torch.long), reduction="sum")
+    gv = out.num_codevectors
+    diversity = (gv - out.quantized.prob_perplexity.double()) / gv
+    expected = ce + w_div * diversity * n + w_feat * out.features_pen.double() * n
+    assert loss.sample_size == n
+    torch.testing.assert_close(loss.contrastive.double(), ce)
+    torch.testing.assert_close(loss.diversity.double(), diversity)
+    torch.testing.assert_close(loss.loss.double(), expected)
+    assert w_feat * float(out.features_pen.detach()) * n > 0.01 * float(expected.detach())  # a visible share

@@ -1,8 +1,17 @@
-"""The CPU demo recipe end to end at its tiny setting: every stage runs, reruns skip, the table is written."""
+"""The CPU demo recipe end to end at its tiny setting: every stage runs, reruns skip, and what it writes
+hangs together.
+
+The tiny setting trains for 4 updates, so its error rates are near 100% and say nothing about learning
+(tests/training/test_learning.py covers that). What is checked is that each number in the tables comes
+from the stage before it: the hypotheses are scored again here, independently, against the prepared
+transcripts; the table cells are those scores; the trainer's best validation CER is what `evaluate`
+measures on the best checkpoint; the LM decode of test uses the setting that won on dev.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +20,74 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+SPLITS = ("dev-clean", "test-clean")
+SYSTEMS = {"pretrained": "finetune-pretrained", "scratch": "finetune-scratch"}
+
+
+def levenshtein(ref: list[str], hyp: list[str]) -> int:
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, start=1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def manifest_seconds(path: Path) -> tuple[int, float]:
+    """Items and seconds of audio in a manifest (root line, then ``path<TAB>samples``)."""
+    items = [line.split("\t") for line in lines(path)[1:] if line.strip()]
+    return len(items), sum(int(samples) for _, samples in items) / 16000
+
+
+def read_table(path: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Header cells and each row's cells by system name."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines(path) if line.strip()]
+    return rows[0], {row[0]: row[1:] for row in rows[2:]}
+
+
+def check_scores(decode: Path, data: Path) -> dict[str, dict]:
+    """The references are the prepared transcripts, one hypothesis per utterance, and the scores in
+    ``summary.json`` are the edit distances of the hypotheses (characters of the word strings, spaces
+    included; words); returns the summary."""
+    summary = json.loads((decode / "summary.json").read_text())
+    assert sorted(summary) == sorted(SPLITS)
+    for split in SPLITS:
+        refs, hyps = lines(decode / f"ref.{split}.txt"), lines(decode / f"hyp.{split}.txt")
+        assert refs == lines(data / f"{split}.wrd")
+        assert len(hyps) == len(refs) == manifest_seconds(data / f"{split}.tsv")[0] == summary[split]["utterances"]
+        chars = sum(levenshtein(list(r), list(h)) for r, h in zip(refs, hyps))
+        words = sum(levenshtein(r.split(), h.split()) for r, h in zip(refs, hyps))
+        assert summary[split]["chars"]["errors"] == chars
+        assert summary[split]["words"]["errors"] == words
+        assert summary[split]["cer"] == pytest.approx(chars / sum(len(r) for r in refs))
+        assert summary[split]["wer"] == pytest.approx(words / sum(len(r.split()) for r in refs))
+        assert json.loads((decode / f"result.{split}.json").read_text())["cer"] == summary[split]["cer"]
+    return summary
+
+
+def check_table(table: Path, out: Path, decode_dir: str) -> list[str]:
+    """Each cell of a results table is the figure it reports, from the files it was made from."""
+    header, rows = read_table(table)
+    assert header[:3] == ["system", "pretraining min", "labeled min"]
+    assert header[3:] == [f"{split} {metric}" for split in SPLITS for metric in ("WER", "CER")]
+    assert list(rows) == list(SYSTEMS)
+    pretrain_seconds = json.loads((out / "pretrain" / "train_result.json").read_text())["train_seconds"]
+    labeled_seconds = manifest_seconds(out / "data" / "train-clean-100-1m.tsv")[1]
+    assert 60 <= labeled_seconds <= 60 + 20  # a 1-minute subset, overshooting by less than one utterance
+    for system, cells in rows.items():
+        summary = check_scores(out / SYSTEMS[system] / decode_dir, out / "data")
+        minutes = pretrain_seconds / 60 if system == "pretrained" else 0.0
+        assert cells[:2] == [f"{minutes:.1f}", f"{labeled_seconds / 60:.1f}"]
+        assert cells[2:] == [f"{100 * summary[split][metric]:.1f}" for split in SPLITS for metric in ("wer", "cer")]
+    return header
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in lines(path) if line.strip()]
 
 
 @pytest.mark.slow
@@ -20,26 +97,41 @@ def test_synthetic_recipe_tiny(tmp_path):
     cmd = ["bash", str(ROOT / "recipes/synthetic/run.sh"), "--setting", "tiny", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = (out / "results.md").read_text()
-    lines = table.strip().splitlines()
-    assert lines[0].startswith("| system | pretraining min | labeled min | dev-clean WER | dev-clean CER")
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["pretrained", "scratch"]
-    scratch_pretrain_minutes = float(lines[3].split("|")[2])
-    assert scratch_pretrain_minutes == 0.0
-    assert float(lines[2].split("|")[2]) >= 0.0  # minutes at one decimal: a tiny run may show 0.0
-    assert json.loads((out / "pretrain" / "train_result.json").read_text())["train_seconds"] > 0
     for stage in ("0-synth", "1-prepare", "2-pretrain", "3-finetune-pretrained", "4-finetune-scratch",
                   "5-decode", "6-report"):
         assert (out / ".done" / stage).exists()
-    for system in ("finetune-pretrained", "finetune-scratch"):
-        assert (out / system / "decode" / "hyp.test-clean.txt").exists()
-        lm_result = json.loads((out / system / "decode_lm" / "result.test-clean.json").read_text())
-        assert lm_result["settings"]["decoder"] == "beam" and lm_result["settings"]["lm"].endswith("4gram.arpa")
-        assert lm_result["settings"]["tuned_on"] == "dev-clean"
-        assert len(json.loads((out / system / "decode_lm" / "tune.json").read_text())["grid"]) == 2
-    lm_table = (out / "results_lm.md").read_text().strip().splitlines()
-    assert lm_table[0] == lines[0] and len(lm_table) == 4
-    assert len((out / "corpus" / "lm-text.txt").read_text().splitlines()) == 500
+    assert len(lines(out / "corpus" / "lm-text.txt")) == 500
+
+    # pretraining ran its 4 updates with finite losses
+    pretrain = json.loads((out / "pretrain" / "train_result.json").read_text())
+    assert pretrain["num_updates"] == 4 and pretrain["train_seconds"] > 0
+    train_steps = [e for e in read_log(out / "pretrain" / "log.jsonl") if e["split"] == "train"]
+    assert train_steps and train_steps[-1]["step"] == 4 and all(math.isfinite(e["loss"]) for e in train_steps)
+
+    header = check_table(out / "results.md", out, "decode")
+    assert check_table(out / "results_lm.md", out, "decode_lm") == header
+    for system in SYSTEMS.values():
+        # the trainer's validation (best checkpoint chosen by dev CER) scores what `evaluate` measures
+        log = read_log(out / system / "log.jsonl")
+        valid = [e for e in log if e["split"] == "valid"]
+        assert [e["step"] for e in valid] == [2, 4]
+        best_cer = min(e["cer"] for e in valid)
+        assert valid[-1]["best"] == pytest.approx(best_cer)
+        summary = json.loads((out / system / "decode" / "summary.json").read_text())
+        assert summary["dev-clean"]["cer"] == pytest.approx(best_cer, abs=1e-9)
+        # the LM settings that won on dev decode test, and dev's result is that grid entry
+        tune = json.loads((out / system / "decode_lm" / "tune.json").read_text())
+        assert len(tune["grid"]) == 2 and tune["metric"] == "wer"
+        assert tune["best"]["wer"] == min(entry["wer"] for entry in tune["grid"])
+        for split in SPLITS:
+            settings = json.loads((out / system / "decode_lm" / f"result.{split}.json").read_text())["settings"]
+            assert settings["decoder"] == "beam" and settings["lm"].endswith("4gram.arpa")
+            assert settings["tuned_on"] == "dev-clean"
+            assert (settings["lm_weight"], settings["word_score"]) == (tune["best"]["lm_weight"],
+                                                                       tune["best"]["word_score"])
+        dev_lm = json.loads((out / system / "decode_lm" / "result.dev-clean.json").read_text())
+        assert (dev_lm["wer"], dev_lm["cer"]) == pytest.approx((tune["best"]["wer"], tune["best"]["cer"]))
+
     # a rerun skips every stage
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
