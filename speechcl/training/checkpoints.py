@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,51 +88,41 @@ class CheckpointManager:
              ) -> Path:
         """Write ``model`` and ``state`` as checkpoint ``tag`` (atomic directory swap)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._recover(tag)  # never delete a lone .old-<tag> below: it may be the only complete copy
+
+        def write(tmp: Path) -> None:
+            save_checkpoint(model, tmp, extra=extra_config)
+            torch.save(state, tmp / STATE_NAME)
+
+        previous = f"the previous one in {self.path(tag)} is intact" if self.path(tag).exists() else \
+            "there is no earlier one"
+        return self._write(tag, write, f"cannot write checkpoint {self.path(tag)}", previous)
+
+    def copy(self, src: str, dst: str) -> None:
+        """Make checkpoint ``dst`` a copy of ``src`` (e.g. ``best`` from ``last``), atomically."""
+        self._write(dst, lambda tmp: shutil.copytree(self.path(src), tmp),
+                    f"cannot copy checkpoint {self.path(src)} to {self.path(dst)}", "both are as they were")
+
+    def _write(self, tag: str, write: Callable[[Path], object], failed: str, kept: str) -> Path:
+        """``write`` a new checkpoint folder beside ``tag`` and swap it in with two renames. A write that
+        fails (disk full, I/O error, quota) leaves ``tag`` as it was and raises :class:`CheckpointWriteError`
+        with ``failed`` and ``kept`` in its message."""
+        self._recover(tag)  # a leftover .old-<tag> is finished first: it may be the only complete copy
         tmp = self.root / f".tmp-{tag}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
-            save_checkpoint(model, tmp, extra=extra_config)
-            torch.save(state, tmp / STATE_NAME)
-        except OSError as err:  # disk full, I/O error, quota: the previous checkpoint is untouched
+            write(tmp)
+        except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            previous = f"the previous one in {self.path(tag)} is intact" if self.path(tag).exists() else \
-                "there is no earlier one"
-            raise CheckpointWriteError(
-                f"cannot write checkpoint {self.path(tag)} ({err.strerror or err}); {previous}: free space or fix "
-                "the file system, then rerun the same command to resume"
-            ) from err
+            raise CheckpointWriteError(f"{failed} ({err.strerror or err}); {kept}: free space or fix the file "
+                                       "system, then rerun the same command to resume") from err
         target, old = self.path(tag), self.root / f".old-{tag}"
-        if old.exists():
-            shutil.rmtree(old)
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
         if old.exists():
             shutil.rmtree(old)
         return target
-
-    def copy(self, src: str, dst: str) -> None:
-        """Make checkpoint ``dst`` a copy of ``src`` (e.g. ``best`` from ``last``), atomically."""
-        self._recover(dst)  # a leftover .old-<dst> would make the first rename below fail
-        tmp = self.root / f".tmp-{dst}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        try:
-            shutil.copytree(self.path(src), tmp)
-        except OSError as err:  # disk full or I/O error: `dst` as it was, `src` untouched
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointWriteError(
-                f"cannot copy checkpoint {self.path(src)} to {self.path(dst)} ({getattr(err, 'strerror', None) or err}); "
-                "both are as they were: free space or fix the file system, then rerun the same command to resume"
-            ) from err
-        target, old = self.path(dst), self.root / f".old-{dst}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old.exists():
-            shutil.rmtree(old)
 
     def prune(self) -> None:
         """Keep the newest ``keep_last`` ``step_*`` checkpoints."""
