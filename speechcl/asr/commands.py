@@ -16,13 +16,24 @@ Given several ``--lm-weight`` / ``--word-score`` values, ``evaluate`` decodes th
 the first manifest) with every pair, keeps the pair with the lowest WER there (``tune.json`` in the output
 folder lists them all) and decodes every split with it.
 
-``TRANSCRIPT`` of ``align`` is a text file or, when no such file exists, the transcript itself.
+``TRANSCRIPT`` of ``align`` is a text file (UTF-8) or, when no such file exists, the transcript itself.
+
+Bad audio files: ``evaluate`` skips a file it cannot use (missing, empty, undecodable, NaN or infinite
+samples, or too short for one model frame: fewer samples than the receptive field, 400 at 16 kHz), lists
+it in ``OUT/bad.SPLIT.tsv`` and scores the split on the other files; the printed line and
+``summary.json`` say how many were skipped. ``transcribe`` names each such file on stderr and goes on with
+the others; ``align`` names it.
+
+Exit status: 0 on success; 1 when ``transcribe`` or ``align`` could not use an audio file (the others were
+still transcribed); 2 for bad arguments, an unusable model or labels, or a split of which no file could be
+decoded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="decode manifests with a CTC model and report WER/CER",
         description="Decode each manifest (greedy by default; beam search with --beam, an n-gram LM with "
                     "--lm), score it against its .wrd transcripts and write hyp/ref/result files per split "
-                    "plus summary.json into --output. An interrupted run resumes.")
+                    "plus summary.json into --output. An interrupted run resumes. A file that cannot be used "
+                    "(missing, empty, undecodable, NaN/Inf samples) or is too short for one model frame "
+                    "(fewer samples than the receptive field, 400 at 16 kHz) is skipped and listed with the "
+                    "reason in OUTPUT/bad.SPLIT.tsv; the split is scored on the other files and the printed "
+                    "line and summary.json say how many were skipped. Exit status 0, or 2 for bad arguments "
+                    "or a split of which no file could be decoded.")
     _add_model_options(ev)
     ev.add_argument("--manifest", nargs="+", required=True, metavar="TSV", help="manifests to decode (one per split)")
     ev.add_argument("--labels", nargs="+", default=None, metavar="WRD",
@@ -65,10 +81,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="the decode folder inside each EXP_DIR (default decode; e.g. decode_lm for LM decoding)")
     rp.set_defaults(func=run_report)
 
+    _register_transcription(subparsers)
+    _register_lm(subparsers)
+
+
+def _register_transcription(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``transcribe`` and ``align``."""
     tr = subparsers.add_parser(
         "transcribe", help="print the transcript of audio files",
         description="Transcribe audio files of any sample rate and channel count (mixed down, resampled to "
-                    "16 kHz); long files are decoded in overlapping windows. Prints 'PATH<TAB>TEXT' per file.")
+                    "16 kHz); long files are decoded in overlapping windows. Prints 'PATH<TAB>TEXT' per file. "
+                    "A file that cannot be used (unreadable, NaN/Inf samples, shorter than one model frame of "
+                    "400 samples at 16 kHz) is named on stderr with the reason and the other files are still "
+                    "transcribed. Exit status: 0 when every file was transcribed, 1 when some file failed, 2 "
+                    "for bad arguments or an unusable model.")
     _add_model_options(tr)
     tr.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files")
     tr.add_argument("--chunk-seconds", type=float, default=30.0, help="window length for long files (default 30)")
@@ -79,16 +105,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     al = subparsers.add_parser(
         "align", help="word start/end times of a known transcript",
         description="Force-align a transcript to an audio file with a CTC model; prints (or writes) "
-                    "'word<TAB>start<TAB>end<TAB>score' with times in seconds.")
+                    "'word<TAB>start<TAB>end<TAB>score' with times in seconds. Exit status: 0 on success, 1 "
+                    "when the audio file cannot be used (unreadable, NaN/Inf samples, shorter than one model "
+                    "frame), 2 for bad arguments (an unreadable or non-UTF-8 transcript file, a transcript that "
+                    "does not fit the audio, an unusable model).")
     _add_model_options(al)
     al.add_argument("audio", metavar="AUDIO", help="audio file")
-    al.add_argument("transcript", metavar="TRANSCRIPT", help="a text file with the transcript, or the text itself")
+    al.add_argument("transcript", metavar="TRANSCRIPT",
+                    help="a UTF-8 text file with the transcript, or the text itself")
     al.add_argument("--format", choices=("tsv", "json"), default="tsv", help="output format (default tsv)")
     al.add_argument("--output", default=None, metavar="FILE", help="write here (atomically) instead of stdout")
     al.add_argument("--chunk-seconds", type=float, default=30.0, help="window length for long files (default 30)")
     al.add_argument("--overlap-seconds", type=float, default=2.0, help="overlap between windows (default 2)")
     al.set_defaults(func=run_align)
 
+
+def _register_lm(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``lm build``."""
     lm = subparsers.add_parser("lm", help="word n-gram language models for beam search")
     lm_verbs = lm.add_subparsers(dest="lm_verb", metavar="ACTION", required=True)
     build = lm_verbs.add_parser(
@@ -187,6 +220,19 @@ def _fail(err: Exception) -> int:
     return 2
 
 
+def _print_split(result, out: Path, shown: int = 10) -> None:
+    """The split's line of the results table; skipped files are counted there and named on stderr."""
+    counts = f"{result.score.utterances} utterances, {result.score.words.reference_length} words"
+    if result.skipped:
+        counts += (f"; {len(result.skipped)} files skipped, scored on {result.score.utterances} of "
+                   f"{result.files}: see {out / f'bad.{result.split}.tsv'}")
+        for path, reason in result.skipped[:shown]:
+            print(f"speechcl evaluate: skipped {path}: {reason}", file=sys.stderr)
+        if len(result.skipped) > shown:
+            print(f"speechcl evaluate: ... and {len(result.skipped) - shown} more", file=sys.stderr)
+    print(f"{result.split}\tWER {100 * result.score.wer:.2f}\tCER {100 * result.score.cer:.2f}\t({counts})")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from speechcl.asr.evaluate import default_references, evaluate_split, read_references, update_summary
     from speechcl.asr.tuning import decoder_settings
@@ -226,8 +272,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                     args.batch_size, args.max_tokens, progress=not args.quiet,
                                     logits=cached.get(split))
             results.append(result)
-            print(f"{split}\tWER {100 * result.score.wer:.2f}\tCER {100 * result.score.cer:.2f}\t"
-                  f"({result.score.utterances} utterances, {result.score.words.reference_length} words)")
+            _print_split(result, Path(args.output))
     except (OSError, ValueError, RuntimeError) as err:
         return _fail(err)
     update_summary(args.output, results)
@@ -253,6 +298,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
+    from speechcl.asr.evaluate import skip_reason
     from speechcl.asr.transcribe import transcribe_files
 
     try:
@@ -265,24 +311,42 @@ def run_transcribe(args: argparse.Namespace) -> int:
         try:
             (item,) = transcribe_files(recognizer, decoder, [path], args.chunk_seconds, args.overlap_seconds)
         except (OSError, ValueError) as err:
-            status = _fail(err)
+            print(f"speechcl transcribe: skipped {path}: {skip_reason(err, path)}", file=sys.stderr)
+            status = 1
             continue
         print(f"{item.path}\t{item.text}", flush=True)
     return status
 
 
+def _read_transcript(argument: str) -> str:
+    """The text of a transcript file, or ``argument`` itself when no such file exists."""
+    if not os.path.isfile(argument):  # also False for text too long to be a file name
+        return argument
+    try:
+        return Path(argument).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"transcript file {argument} is not valid UTF-8 (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start}); save it as UTF-8") from None
+
+
 def run_align(args: argparse.Namespace) -> int:
     from speechcl.asr.align import align_words
+    from speechcl.asr.evaluate import skip_reason
     from speechcl.asr.transcribe import chunked_logits
-    from speechcl.audio.io import load_audio
+    from speechcl.audio.io import AudioError
     from speechcl.utils.io import atomic_open
 
-    transcript = args.transcript
-    if Path(transcript).is_file():
-        transcript = Path(transcript).read_text(encoding="utf-8")
     try:
+        transcript = _read_transcript(args.transcript)
         recognizer = _recognizer(args)
-        wave, _ = load_audio(args.audio)
+    except (OSError, ValueError, RuntimeError) as err:
+        return _fail(err)
+    try:
+        wave = recognizer.load(args.audio)
+    except AudioError as err:
+        print(f"speechcl align: cannot use {args.audio}: {skip_reason(err, args.audio)}", file=sys.stderr)
+        return 1
+    try:
         logits = chunked_logits(recognizer, wave, args.chunk_seconds, args.overlap_seconds)
         timings = align_words(torch.log_softmax(logits, dim=-1), transcript, recognizer.dictionary,
                               recognizer.frame_seconds)

@@ -3,15 +3,23 @@
 For a split ``NAME`` (the manifest's file stem) :func:`evaluate_split` writes into the output
 directory, each file atomically:
 
-- ``hyp.NAME.txt`` / ``ref.NAME.txt``: one transcript per manifest line, in manifest order;
-- ``result.NAME.json``: WER, CER, their counts, the decoding settings and the timing.
+- ``hyp.NAME.txt`` / ``ref.NAME.txt``: one transcript per scored utterance, in manifest order;
+- ``result.NAME.json``: WER, CER, their counts, how many files were scored and skipped, the decoding
+  settings and the timing;
+- ``bad.NAME.tsv`` (only when some file was skipped): ``path<TAB>reason`` per skipped file.
+
+A file is skipped, not decoded, when it cannot be used as audio (missing, empty, undecodable, NaN or
+infinite samples: :func:`~speechcl.audio.io.load_audio`) or is too short for one frame of the model
+(fewer samples than its receptive field, 400 at 16 kHz: :meth:`Recognizer.load`). The split is scored on
+the other files; when no file is left the split fails with an error. Without skipped files the outputs
+list every manifest line.
 
 Utterances are decoded longest first in padded batches (``batch_size`` items and at most
 ``max_tokens`` padded samples each); padding leaves each utterance's logits as they are alone (group
-norms included, see :mod:`speechcl.models.feature_encoder`). Audio shorter than one frame decodes to an
-empty hypothesis. Finished batches are appended to
-``.hyp.NAME.partial.jsonl``, so an interrupted run resumes where it stopped (when the model, manifest
-and decoding settings are the same) and the file is removed once the results are written.
+norms included, see :mod:`speechcl.models.feature_encoder`). Finished batches, skipped files included,
+are appended to ``.hyp.NAME.partial.jsonl``, so an interrupted run resumes where it stopped (when the
+model, manifest and decoding settings are the same) without reading any of those files again; the file
+is removed once the results are written.
 
 :func:`tune_decoder` chooses decoder settings (the LM weight and word score of beam search) on one
 split: it runs the acoustic model once (:func:`split_logits`) and decodes those logits with every
@@ -25,7 +33,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +44,29 @@ from tqdm import tqdm
 from speechcl.asr.decode import Decoder
 from speechcl.asr.recognizer import Recognizer
 from speechcl.asr.score import Score, score
-from speechcl.audio.io import SAMPLE_RATE, load_audio
+from speechcl.audio.io import SAMPLE_RATE, AudioError
 from speechcl.data.batching import length_sorted_batches
 from speechcl.data.labels import normalize_transcript, read_lines
 from speechcl.data.manifest import Manifest
-from speechcl.utils.io import atomic_write_json, write_lines
+from speechcl.utils.io import atomic_write_json, atomic_write_text, write_lines
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An utterance that was not decoded, and why (an unreadable file, audio shorter than one frame)."""
+
+    reason: str
+
+
+Outcome = str | Skipped
+"""What decoding one utterance gave: its transcript, or why it was skipped."""
+
+
+def skip_reason(err: Exception, path: str | os.PathLike) -> str:
+    """The message of ``err`` without the leading ``PATH:`` that audio errors start with."""
+    text = str(err)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 @dataclass
@@ -51,18 +77,32 @@ class SplitResult:
     score: Score
     hypotheses: list[str]
     references: list[str]
-    audio_seconds: float
+    audio_seconds: float  # of the scored utterances
     decode_seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), in manifest order
+
+    @property
+    def files(self) -> int:
+        """Manifest items: the scored utterances plus the skipped files."""
+        return self.score.utterances + len(self.skipped)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"split": self.split, **self.score.to_dict(), "audio_seconds": round(self.audio_seconds, 3),
-                "decode_seconds": round(self.decode_seconds, 3)}
+        return {"split": self.split, **self.score.to_dict(), "files": self.files, "skipped": len(self.skipped),
+                "audio_seconds": round(self.audio_seconds, 3), "decode_seconds": round(self.decode_seconds, 3)}
 
 
-def _partial_records(path: Path, fingerprint: str) -> dict[int, str]:
+def _record(index: int, outcome: Outcome) -> str:
+    if isinstance(outcome, Skipped):
+        return json.dumps({"index": index, "skipped": outcome.reason})
+    return json.dumps({"index": index, "text": outcome})
+
+
+def _partial_records(path: Path, fingerprint: str) -> dict[int, Outcome]:
+    """Index -> outcome of the items a run with the same ``fingerprint`` finished (transcripts and
+    skipped files); empty when ``path`` is missing or was written for other inputs."""
     if not path.is_file():
         return {}
-    done: dict[int, str] = {}
+    done: dict[int, Outcome] = {}
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     if not lines or lines[0] != json.dumps({"fingerprint": fingerprint}):
@@ -70,7 +110,8 @@ def _partial_records(path: Path, fingerprint: str) -> dict[int, str]:
     for line in lines[1:]:
         try:
             record = json.loads(line)
-            done[int(record["index"])] = str(record["text"])
+            index = int(record["index"])
+            done[index] = Skipped(str(record["skipped"])) if "skipped" in record else str(record["text"])
         except (ValueError, KeyError, TypeError):
             break  # a torn last line from an interrupted write
     return done
@@ -79,14 +120,19 @@ def _partial_records(path: Path, fingerprint: str) -> dict[int, str]:
 def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest, references: Sequence[str],
                    out_dir: str | os.PathLike, split: str, settings: dict[str, Any], batch_size: int = 8,
                    max_tokens: int | None = None, progress: bool = True,
-                   logits: Sequence[Tensor | None] | None = None) -> SplitResult:
+                   logits: Sequence[Tensor | Skipped] | None = None) -> SplitResult:
     """Decode every item of ``manifest``, score against ``references`` and write the split's files.
+
+    Files that cannot be decoded are skipped and reported (see the module docstring).
 
     Args:
         settings: what identifies the run (model path, decoder options); stored in the result and used
             to decide whether a partial run can be resumed.
         logits: the recognizer's output per item from :func:`split_logits`, when already computed
             (the model is then not run again).
+
+    Raises:
+        ValueError: references and manifest are not aligned, or no file of the split could be decoded.
     """
     if logits is not None and len(logits) != len(manifest):
         raise ValueError(f"{len(logits)} logits for {len(manifest)} manifest items in split {split!r}")
@@ -112,64 +158,93 @@ def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest,
         for batch in batches:
             items = [todo[j] for j in batch]
             if logits is None:
-                texts = _decode_batch(recognizer, decoder, [manifest.full_path(i) for i in items])
+                outcomes = _decode_batch(recognizer, decoder, [manifest.full_path(i) for i in items])
             else:
-                texts = [_decode_one(decoder, logits[i]) for i in items]
-            for i, text in zip(items, texts):
-                done[i] = text
-                log.write(json.dumps({"index": i, "text": text}) + "\n")
+                outcomes = [_decode_one(decoder, logits[i]) for i in items]
+            for i, outcome in zip(items, outcomes):
+                done[i] = outcome
+                log.write(_record(i, outcome) + "\n")
             log.flush()
             bar.update(len(items))
-    elapsed = time.perf_counter() - start
-    hyps = [done[i] for i in range(len(manifest))]
-    refs = [normalize_transcript(r) for r in references]
-    result = SplitResult(split, score(refs, hyps), hyps, refs, manifest.total_samples() / SAMPLE_RATE, elapsed)
-    write_lines(out / f"hyp.{split}.txt", hyps)
-    write_lines(out / f"ref.{split}.txt", refs)
-    atomic_write_json(out / f"result.{split}.json", {**result.to_dict(), "settings": settings})
+    result = _finish_split(manifest, references, done, out, split, settings, time.perf_counter() - start)
     partial.unlink(missing_ok=True)
     return result
 
 
-def _forward_files(recognizer: Recognizer, paths: Sequence[str]) -> tuple[Tensor, Tensor, list[int]]:
+def _finish_split(manifest: Manifest, references: Sequence[str], done: dict[int, Outcome], out: Path,
+                  split: str, settings: dict[str, Any], elapsed: float) -> SplitResult:
+    """Score the decoded items and write the split's hyp, ref, result and bad-file report."""
+    scored = [i for i in range(len(manifest)) if not isinstance(done[i], Skipped)]
+    skipped = [(manifest.full_path(i), outcome.reason) for i in range(len(manifest))
+               if isinstance(outcome := done[i], Skipped)]
+    report = out / f"bad.{split}.tsv"
+    if skipped:
+        atomic_write_text(report, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+    else:
+        report.unlink(missing_ok=True)
+    if not scored:
+        raise ValueError(f"split {split!r}: none of its {len(manifest)} files could be decoded (reasons in "
+                         f"{report}); check the manifest's root and files")
+    hyps = [str(done[i]) for i in scored]
+    refs = [normalize_transcript(references[i]) for i in scored]
+    audio_seconds = sum(manifest.sizes[i] for i in scored) / SAMPLE_RATE
+    result = SplitResult(split, score(refs, hyps), hyps, refs, audio_seconds, elapsed, skipped)
+    write_lines(out / f"hyp.{split}.txt", hyps)
+    write_lines(out / f"ref.{split}.txt", refs)
+    atomic_write_json(out / f"result.{split}.json", {**result.to_dict(), "settings": settings})
+    return result
+
+
+def _forward_files(recognizer: Recognizer, paths: Sequence[str]
+                   ) -> tuple[Tensor, Tensor, list[int], dict[int, Skipped]]:
     """Run the model on audio files as one padded batch.
 
-    Returns logits ``[B', T, V]`` and frames ``[B']`` of the files at least one frame (25 ms) long, with
-    their positions in ``paths`` (``B' = 0`` and empty tensors when there are none).
+    Returns logits ``[B', T, V]`` and frames ``[B']`` of the files that could be loaded and are at least
+    one frame long, their positions in ``paths`` (``B' = 0`` and empty tensors when there are none), and
+    position -> :class:`Skipped` for the others.
     """
-    waves = [load_audio(path)[0] for path in paths]
-    usable = [k for k, wave in enumerate(waves) if recognizer.num_frames(wave.shape[0]) > 0]
+    waves: dict[int, Tensor] = {}
+    skipped: dict[int, Skipped] = {}
+    for k, path in enumerate(paths):
+        try:
+            waves[k] = recognizer.load(path)
+        except AudioError as err:
+            skipped[k] = Skipped(skip_reason(err, path))
+    usable = sorted(waves)
     if not usable:
-        return torch.empty(0, 0, len(recognizer.dictionary)), torch.empty(0, dtype=torch.int64), []
+        return torch.empty(0, 0, len(recognizer.dictionary)), torch.empty(0, dtype=torch.int64), [], skipped
     logits, lengths = recognizer.forward([waves[k] for k in usable])
-    return logits, lengths, usable
+    return logits, lengths, usable, skipped
 
 
-def _decode_batch(recognizer: Recognizer, decoder: Decoder, paths: Sequence[str]) -> list[str]:
-    """Transcripts of audio files decoded as one padded batch."""
-    texts = [""] * len(paths)  # audio shorter than one frame decodes to nothing
-    logits, lengths, usable = _forward_files(recognizer, paths)
+def _decode_batch(recognizer: Recognizer, decoder: Decoder, paths: Sequence[str]) -> list[Outcome]:
+    """Transcripts of audio files decoded as one padded batch (:class:`Skipped` for unusable files)."""
+    logits, lengths, usable, skipped = _forward_files(recognizer, paths)
+    outcomes: list[Outcome] = [skipped.get(k, "") for k in range(len(paths))]
     if usable:
         for k, text in zip(usable, decoder(logits, lengths)):
-            texts[k] = text
-    return texts
+            outcomes[k] = text
+    return outcomes
 
 
-def _decode_one(decoder: Decoder, logits: Tensor | None) -> str:
-    """The transcript of one item's logits ``[T, V]`` (``None``: audio shorter than a frame)."""
-    return "" if logits is None else decoder(logits[None])[0]
+def _decode_one(decoder: Decoder, logits: Tensor | Skipped) -> Outcome:
+    """The transcript of one item's logits ``[T, V]``; a skipped item stays skipped."""
+    return logits if isinstance(logits, Skipped) else decoder(logits[None])[0]
 
 
 def split_logits(recognizer: Recognizer, manifest: Manifest, batch_size: int = 8, max_tokens: int | None = None,
-                 progress: bool = True, desc: str = "logits") -> list[Tensor | None]:
+                 progress: bool = True, desc: str = "logits") -> list[Tensor | Skipped]:
     """The recognizer's logits ``[T_i, V]`` (float32, CPU) for every item of ``manifest``, in manifest order,
-    computed in padded batches as :func:`evaluate_split` does; ``None`` for audio shorter than one frame."""
-    out: list[Tensor | None] = [None] * len(manifest)
+    computed in padded batches as :func:`evaluate_split` does; :class:`Skipped` for files that cannot be
+    decoded or are shorter than one frame."""
+    out: list[Tensor | Skipped] = [Skipped("not computed")] * len(manifest)
     with tqdm(total=len(manifest), desc=desc, unit="utt", disable=not progress) as bar:
         for batch in length_sorted_batches(manifest.sizes, max_tokens, batch_size, longest_first=True):
-            logits, lengths, usable = _forward_files(recognizer, [manifest.full_path(i) for i in batch])
+            logits, lengths, usable, skipped = _forward_files(recognizer, [manifest.full_path(i) for i in batch])
             for row, k in enumerate(usable):
                 out[batch[k]] = logits[row, : int(lengths[row])].clone()
+            for k, reason in skipped.items():
+                out[batch[k]] = reason
             bar.update(len(batch))
     return out
 
@@ -187,10 +262,12 @@ class TuningPoint:
                 "cer": self.score.cer}
 
 
-def tune_decoder(logits: Sequence[Tensor | None], references: Sequence[str],
+def tune_decoder(logits: Sequence[Tensor | Skipped], references: Sequence[str],
                  make_decoder: Callable[[float, float], Decoder], lm_weights: Sequence[float],
                  word_scores: Sequence[float], progress: bool = True) -> tuple[TuningPoint, list[TuningPoint]]:
     """Decode one split's ``logits`` (from :func:`split_logits`) with every (LM weight, word score) pair.
+
+    Skipped items are left out of the score.
 
     Args:
         references: the split's reference transcripts, aligned with ``logits``.
@@ -204,12 +281,15 @@ def tune_decoder(logits: Sequence[Tensor | None], references: Sequence[str],
         raise ValueError(f"{len(references)} reference transcripts for {len(logits)} utterances")
     if not lm_weights or not word_scores:
         raise ValueError("the tuning grid needs at least one LM weight and one word score")
-    refs = [normalize_transcript(r) for r in references]
+    usable = [i for i, item in enumerate(logits) if not isinstance(item, Skipped)]
+    if not usable:
+        raise ValueError(f"none of the {len(logits)} utterances of the tuning split could be decoded")
+    refs = [normalize_transcript(references[i]) for i in usable]
     grid = [(w, s) for w in lm_weights for s in word_scores]
     points = []
     for lm_weight, word_score in tqdm(grid, desc="tune", unit="setting", disable=not progress):
         decoder = make_decoder(lm_weight, word_score)
-        hyps = [_decode_one(decoder, item) for item in logits]
+        hyps = [str(_decode_one(decoder, logits[i])) for i in usable]
         points.append(TuningPoint(lm_weight, word_score, score(refs, hyps)))
     best = min(range(len(points)), key=lambda i: (points[i].score.wer, points[i].score.cer, i))
     return points[best], points

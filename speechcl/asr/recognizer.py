@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from speechcl.audio.io import SAMPLE_RATE, normalize_wave
+from speechcl.audio.io import SAMPLE_RATE, AudioError, load_audio, normalize_wave
 from speechcl.data.labels import SPECIAL_SYMBOLS, Dictionary
 from speechcl.interop.loading import ModelMetadata, read_metadata
 from speechcl.models.feature_encoder import conv_geometry, num_frames
@@ -124,9 +124,27 @@ class Recognizer:
         """Samples between frames (320 for wav2vec 2.0)."""
         return conv_geometry(self.model.cfg.conv_layers)[0]
 
+    @property
+    def receptive_field(self) -> int:
+        """Samples one frame sees (400 for wav2vec 2.0): shorter audio gives no frame at all."""
+        return conv_geometry(self.model.cfg.conv_layers)[1]
+
     def num_frames(self, num_samples: int) -> int:
         """Output frames for ``num_samples`` at 16 kHz."""
         return num_frames(num_samples, self.model.cfg.conv_layers)
+
+    def load(self, path: str | os.PathLike) -> Tensor:
+        """A file as the model's input: mono float32 ``[samples]`` at 16 kHz (:func:`load_audio`).
+
+        Raises:
+            AudioError: the file cannot be decoded, holds NaN/Inf samples, or is too short for one frame
+                (fewer samples than :attr:`receptive_field`); the message names the file.
+        """
+        wave, _ = load_audio(path)
+        if self.num_frames(wave.shape[0]) < 1:
+            raise AudioError(f"{path}: too short: {wave.shape[0]} samples at 16 kHz, the model needs at least "
+                             f"{self.receptive_field} for one frame; remove the file or exclude it")
+        return wave
 
     @torch.inference_mode()
     def forward(self, waves: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

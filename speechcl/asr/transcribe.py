@@ -20,7 +20,7 @@ from torch import Tensor
 
 from speechcl.asr.decode import Decoder
 from speechcl.asr.recognizer import Recognizer
-from speechcl.audio.io import SAMPLE_RATE, load_audio
+from speechcl.audio.io import SAMPLE_RATE
 from speechcl.features.chunking import plan_chunks
 
 
@@ -57,10 +57,15 @@ class Transcript:
 
 def transcribe_files(recognizer: Recognizer, decoder: Decoder, paths: Sequence[str | os.PathLike],
                      chunk_seconds: float = 30.0, overlap_seconds: float = 2.0) -> list[Transcript]:
-    """Load (mix down, resample to 16 kHz), run and decode each file."""
+    """Load (mix down, resample to 16 kHz), run and decode each file.
+
+    Raises:
+        AudioError: a file cannot be used (:meth:`Recognizer.load`: unreadable, NaN/Inf samples, shorter
+            than one frame); the message names it.
+    """
     out = []
     for path in paths:
-        wave, _ = load_audio(path)
+        wave = recognizer.load(path)
         logits = chunked_logits(recognizer, wave, chunk_seconds, overlap_seconds)
         text = decoder(logits[None], torch.tensor([logits.shape[0]]))[0]
         out.append(Transcript(str(path), text, wave.shape[0] / SAMPLE_RATE))

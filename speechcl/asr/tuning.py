@@ -28,7 +28,7 @@ from typing import Any
 from torch import Tensor
 
 from speechcl.asr.decode import build_decoder
-from speechcl.asr.evaluate import TuningPoint, split_logits, tune_decoder
+from speechcl.asr.evaluate import Skipped, TuningPoint, split_logits, tune_decoder
 from speechcl.asr.recognizer import Recognizer
 from speechcl.data.manifest import Manifest
 from speechcl.utils.io import atomic_write_json
@@ -76,7 +76,7 @@ class TuningOutcome:
     word_score: float
     best: TuningPoint | None = None  # the chosen point with its score; None when read from tune.json
     points: list[TuningPoint] = field(default_factory=list)  # every grid point, in grid order
-    logits: list[Tensor | None] | None = None  # the split's logits (from split_logits), for evaluate_split
+    logits: list[Tensor | Skipped] | None = None  # the split's logits (from split_logits), for evaluate_split
 
     @property
     def reused(self) -> bool:
@@ -101,6 +101,10 @@ def tune_split(recognizer: Recognizer, manifest: Manifest, references: Sequence[
                lexicon: PathLike | None = None, batch_size: int = 8, max_tokens: int | None = None,
                progress: bool = True) -> TuningOutcome:
     """Choose the LM weight and word score of beam search on ``split``, or read the choice back.
+
+    Files of the split that cannot be decoded are left out of every grid point's score, as
+    :func:`~speechcl.asr.evaluate.evaluate_split` leaves them out (they are :class:`Skipped` in the
+    returned logits).
 
     Args:
         recognizer: the CTC model loaded from ``model_path`` (whose files are fingerprinted).

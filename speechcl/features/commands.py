@@ -7,8 +7,13 @@ Usage::
                      [--device auto|cpu|cuda|cuda:1] [--dtype float32|bfloat16] [--shard I/N]
                      [--num-workers N] [--threads N] [--ext flac,wav,...] [--[no-]normalize] [--overwrite]
 
+Bad inputs (undecodable, NaN/Inf samples, shorter than the model's receptive field, or features that come
+out non-finite) are skipped: nothing is written for them, each is named on stderr (the first ten) and in
+``DIR/failed<tag>.tsv`` with the reason, and everything else is extracted.
+
 Exit status: 0 when every input has its output, 1 when some inputs failed (listed in ``DIR/failed*.tsv``;
-rerun to retry them), 2 for bad arguments or an unusable model / input list.
+rerun to retry them), 2 for bad arguments or an unusable model / input list, 75 (``EXIT_PREEMPTED``) when
+SIGTERM or SIGINT stopped the run after a batch with its outputs saved: rerun the same command to continue.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from speechcl.features.extract import FORMATS, extract_to_directory
 from speechcl.features.extractor import DEFAULT_MAX_TOKENS
 from speechcl.features.inputs import parse_shard
 from speechcl.utils.device import resolve_device
+from speechcl.utils.signals import EXIT_PREEMPTED, Preempted
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "extract", help="write hidden-state features of audio files (resumable, batched, sharded)",
         description="Extract wav2vec 2.0 hidden states for an audio file, a directory (recursively), a .tsv "
                     "manifest or a Kaldi wav.scp. Outputs are written atomically and existing ones are "
-                    "skipped, so an interrupted run continues where it stopped. Inputs of different lengths "
-                    "share padded batches, group-norm models (BASE) included: the group norm's statistics "
-                    "skip each input's padding, so batched features equal one-by-one features.")
+                    "skipped, so an interrupted run continues where it stopped (SIGTERM/SIGINT stop it after "
+                    "the current batch). Inputs of different lengths share padded batches, group-norm models "
+                    "(BASE) included: the group norm's statistics skip each input's padding, so batched "
+                    "features equal one-by-one features. Bad inputs (undecodable, NaN/Inf samples, too short, "
+                    "non-finite features) are skipped and listed with the reason in OUTPUT/failed.tsv. Exit "
+                    "status: 0 all extracted, 1 some inputs failed, 2 bad arguments, 75 stopped by a signal "
+                    "(rerun to continue).")
     p.add_argument("--model", required=True, help="speechcl checkpoint dir, transformers dir or fairseq .pt")
     p.add_argument("--input", required=True, help="audio file, directory, .tsv manifest or wav.scp")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory")
@@ -43,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "0,6,12 (index 0 = input to the first transformer layer, i = output of layer i)")
     p.add_argument("--format", choices=FORMATS, default="npy",
                    help="npy: one <DIR>/<relative path>.npy per input (default); shards: large .npy shards + "
-                        "index.tsv; hdf5: one .h5 file (needs h5py)")
+                        "index.tsv; hdf5: features.h5, one dataset per input (virtual datasets over part files "
+                        "in features.parts/; needs h5py)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help=f"samples per padded batch (default {DEFAULT_MAX_TOKENS} = 60 s)")
     p.add_argument("--chunk-seconds", type=float, default=60.0,
@@ -64,7 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="zero-mean unit-variance per utterance, as models like LARGE LV-60 expect (default: what "
                         "the checkpoint records, else off)")
     p.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
-    p.add_argument("--shard-size-mb", type=float, default=1024.0, help="target shard size for --format shards")
+    p.add_argument("--shard-size-mb", type=float, default=1024.0,
+                   help="target size of a shard (--format shards) or part file (--format hdf5); features are "
+                        "buffered in memory up to this size, and a killed run loses at most that much work "
+                        "(default 1024)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 
@@ -95,6 +109,9 @@ def run_extract(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"speechcl extract: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"speechcl extract: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
     for path, reason in summary.failed[:10]:
         print(f"speechcl extract: skipped {path}: {reason}", file=sys.stderr)
     if len(summary.failed) > 10:

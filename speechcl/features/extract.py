@@ -10,7 +10,13 @@
    ``max_tokens`` samples (padding does not change any file's features) and decoded, mixed down and resampled to
    16 kHz by DataLoader workers while the model runs;
 4. features (:class:`~speechcl.features.extractor.FeatureExtractor`) go to the writer as soon as a batch is
-   done; unreadable or too-short inputs are reported and skipped, and listed in ``failed<tag>.tsv``.
+   done. Bad inputs are skipped and listed (``path<TAB>reason``) in ``failed<tag>.tsv``, and nothing is
+   written for them: files that cannot be decoded or hold NaN/Inf samples
+   (:func:`~speechcl.audio.io.load_audio`), files shorter than the model's receptive field, and files whose
+   features come out non-finite ("model produced non-finite features"). A rerun tries them again;
+5. SIGTERM or SIGINT (:func:`~speechcl.utils.signals.preemptible`) stops the run after the current batch:
+   the writer saves what it buffered, ``failed<tag>.tsv`` is written and :class:`~speechcl.utils.signals.
+   Preempted` is raised; rerunning the same command continues.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from speechcl.features.inputs import InputItem, discover_inputs, select_shard
 from speechcl.features.writers import FeatureWriter, Hdf5Writer, NpyWriter, ShardWriter
 from speechcl.models.feature_encoder import num_frames
 from speechcl.utils.io import atomic_write_json, atomic_write_text
+from speechcl.utils.signals import Preempted, Preemption, preemptible
 
 FORMATS = ("npy", "shards", "hdf5")
 SETTINGS_NAME = "extract_config.json"
@@ -49,6 +56,7 @@ class ExtractionSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     audio_seconds: float = 0.0  # of the extracted inputs
     wall_seconds: float = 0.0
+    stopped_by: str = ""  # the signal that stopped the run early ("" when it ran to the end)
 
     @property
     def speed(self) -> float:
@@ -71,11 +79,18 @@ class _AudioFiles(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path = self.items[index].path
         try:
-            wave, _ = load_audio(self.items[index].path, SAMPLE_RATE)
+            wave, _ = load_audio(path, SAMPLE_RATE)
         except (AudioError, OSError, RuntimeError, ValueError) as err:
-            return index, None, str(err)
+            return index, None, _reason(err, path)
         return index, wave, None
+
+
+def _reason(err: Exception, path: str) -> str:
+    """The message of ``err`` without the leading ``PATH:`` of audio errors (the path has its own column)."""
+    text = str(err)
+    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
 
 
 def _one_thread(_: int) -> None:
@@ -98,7 +113,7 @@ def make_writer(fmt: str, directory: Path, shard: tuple[int, int] = (0, 1), shar
     if fmt == "shards":
         return ShardWriter(directory, _shard_tag(shard), shard_bytes)
     if fmt == "hdf5":
-        return Hdf5Writer(directory, _shard_tag(shard))
+        return Hdf5Writer(directory, _shard_tag(shard), shard_bytes)
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -117,6 +132,22 @@ def _check_settings(directory: Path, settings: dict[str, Any], overwrite: bool) 
     atomic_write_json(path, settings)
 
 
+def _pending(extractor: FeatureExtractor, writer: FeatureWriter, items: Sequence[InputItem], overwrite: bool,
+             summary: ExtractionSummary) -> list[tuple[InputItem, int]]:
+    """The inputs still to extract with their lengths; the done ones are counted, the ones too short for
+    the model (or without a readable header) are reported in ``summary``."""
+    pending = [it for it in items if overwrite or not writer.is_done(it.key)]
+    summary.skipped = len(items) - len(pending)
+    sized = []
+    for item, size in _lengths(pending, summary.failed):
+        if num_frames(size, extractor.cfg.conv_layers) <= 0:
+            summary.failed.append((item.path, f"too short: {size} samples at 16 kHz, the model needs at least "
+                                              f"{extractor.receptive_field}"))
+        else:
+            sized.append((item, size))
+    return sized
+
+
 def _lengths(items: Sequence[InputItem], failed: list[tuple[str, str]]) -> list[tuple[InputItem, int]]:
     out = []
     for item in items:
@@ -126,7 +157,7 @@ def _lengths(items: Sequence[InputItem], failed: list[tuple[str, str]]) -> list[
         try:
             out.append((item, audio_info(item.path).num_samples(SAMPLE_RATE)))
         except AudioError as err:
-            failed.append((item.path, str(err)))
+            failed.append((item.path, _reason(err, item.path)))
     return out
 
 
@@ -164,12 +195,16 @@ def extract_to_directory(
         shard: ``(I, N)``: handle inputs ``I, I + N, ...`` only.
         num_workers: audio-decoding processes (default 1, or 0 for a single input).
         overwrite: recompute outputs that exist (and accept changed settings).
-        shard_bytes: target size of a shard for ``fmt="shards"``.
+        shard_bytes: target size of a shard (``fmt="shards"``) or HDF5 part file (``fmt="hdf5"``): what is
+            buffered in memory, and the most work a killed run loses.
         progress: show a progress bar (audio seconds per second) on stderr.
 
     Returns:
         an :class:`ExtractionSummary`; inputs that failed are listed in ``failed`` and in
         ``output_dir/failed<tag>.tsv``.
+
+    Raises:
+        Preempted: SIGTERM/SIGINT stopped the run after a batch (outputs consistent; a rerun continues).
     """
     start = time.perf_counter()
     output_dir = Path(output_dir)
@@ -192,26 +227,27 @@ def extract_to_directory(
     }, overwrite)
     writer = make_writer(fmt, output_dir, shard, shard_bytes)
     summary = ExtractionSummary(inputs=len(items))
-    try:
-        pending = [it for it in items if overwrite or not writer.is_done(it.key)]
-        summary.skipped = len(items) - len(pending)
-        sized = []
-        for item, size in _lengths(pending, summary.failed):
-            if num_frames(size, extractor.cfg.conv_layers) <= 0:
-                summary.failed.append((item.path, f"too short: {size} samples at 16 kHz, the model needs at "
-                                                  f"least {extractor.receptive_field}"))
-            else:
-                sized.append((item, size))
-        _run(extractor, writer, sized, summary, num_workers, progress)
-    finally:
-        writer.close()
-    report = output_dir / f"failed{_shard_tag(shard)}.tsv"
-    if summary.failed:
-        atomic_write_text(report, "".join(f"{path}\t{reason}\n" for path, reason in summary.failed))
-    elif report.exists():
-        report.unlink()
+    with preemptible() as preemption:
+        try:
+            sized = _pending(extractor, writer, items, overwrite, summary)
+            _run(extractor, writer, sized, summary, num_workers, progress, preemption)
+        finally:
+            writer.close()
+        _write_report(output_dir / f"failed{_shard_tag(shard)}.tsv", summary.failed)
     summary.wall_seconds = time.perf_counter() - start
+    if summary.stopped_by:
+        done = summary.skipped + summary.extracted
+        raise Preempted(f"stopped by {summary.stopped_by} with {done} of {summary.inputs} inputs done and "
+                        "saved; rerun the same command to continue", preemption.signum)
     return summary
+
+
+def _write_report(path: Path, failed: Sequence[tuple[str, str]]) -> None:
+    """``path<TAB>reason`` per failed input, atomically; no file when nothing failed."""
+    if failed:
+        atomic_write_text(path, "".join(f"{item}\t{reason}\n" for item, reason in failed))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _file_batches(extractor: FeatureExtractor, sizes: Sequence[int]) -> list[list[int]]:
@@ -225,8 +261,12 @@ def _file_batches(extractor: FeatureExtractor, sizes: Sequence[int]) -> list[lis
 
 
 def _run(extractor: FeatureExtractor, writer: FeatureWriter, sized: list[tuple[InputItem, int]],
-         summary: ExtractionSummary, num_workers: int | None, progress: bool) -> None:
-    if not sized:
+         summary: ExtractionSummary, num_workers: int | None, progress: bool, preemption: Preemption) -> None:
+    """Decode, extract and write ``sized`` batch by batch; stop after a batch when ``preemption`` is set
+    (``summary.stopped_by`` names the signal)."""
+    if preemption.requested():
+        summary.stopped_by = preemption.name
+    if not sized or summary.stopped_by:
         return
     items = [item for item, _ in sized]
     sizes = [size for _, size in sized]
@@ -240,7 +280,9 @@ def _run(extractor: FeatureExtractor, writer: FeatureWriter, sized: list[tuple[I
     bar = tqdm(total=round(sum(sizes) / SAMPLE_RATE, 1), unit="s", unit_scale=False, disable=not progress,
                desc="extract (audio s)", dynamic_ncols=True)
     try:
+        handled = 0
         for batch in loader:
+            handled += len(batch)
             good = []
             for index, wave, error in batch:
                 if error is not None:
@@ -249,11 +291,18 @@ def _run(extractor: FeatureExtractor, writer: FeatureWriter, sized: list[tuple[I
                 else:
                     good.append((index, wave))
             for index, feats in _extract_batch(extractor, good, items, summary):
-                writer.write(items[index].key, feats.numpy())
-                summary.extracted += 1
-                summary.audio_seconds += sizes[index] / SAMPLE_RATE
+                if not bool(torch.isfinite(feats).all()):  # the audio was finite: the model is at fault
+                    summary.failed.append((items[index].path, "model produced non-finite features (NaN/Inf) "
+                                           "for finite audio; check the checkpoint or use --dtype float32"))
+                else:
+                    writer.write(items[index].key, feats.numpy())
+                    summary.extracted += 1
+                    summary.audio_seconds += sizes[index] / SAMPLE_RATE
                 bar.update(round(sizes[index] / SAMPLE_RATE, 3))
             bar.set_postfix(files=summary.extracted, failed=len(summary.failed), refresh=False)
+            if preemption.requested() and handled < len(items):
+                summary.stopped_by = preemption.name
+                break
     finally:
         bar.close()
 

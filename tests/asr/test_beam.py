@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from speechcl.asr.decode import BeamSearchDecoder, GreedyDecoder, build_decoder
-from speechcl.asr.evaluate import tune_decoder
+from speechcl.asr.evaluate import Skipped, tune_decoder
 from speechcl.asr.lm import build_lm
 from speechcl.data.labels import Dictionary
 
@@ -94,7 +94,7 @@ def test_lexicon_entries_outside_the_dictionary_are_dropped(lm_files, tmp_path):
 def test_tuning_keeps_the_lm_weight_with_the_fewest_errors(lm_files):
     arpa, lexicon = lm_files
     # utterance 0: CAT sounds like CUT, which only the LM corrects; utterance 1 is clear
-    logits = [spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}})[0], spoken("A CUT RAN")[0], None]
+    logits = [spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}})[0], spoken("A CUT RAN")[0], Skipped("too short")]
     refs = ["THE CAT SAT", "A CUT RAN", ""]
     built = []
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import soundfile as sf
 
 from speechcl.asr.decode import GreedyDecoder
-from speechcl.asr.evaluate import evaluate_split, split_logits
+from speechcl.asr.evaluate import Skipped, evaluate_split, split_logits
 from speechcl.data.batching import length_sorted_batches
 from speechcl.data.manifest import Manifest
 
@@ -81,28 +82,107 @@ def test_interrupted_evaluation_resumes(recognizer, tmp_path):
         evaluate_split(recognizer, GreedyDecoder(recognizer.dictionary), manifest, refs[:2], out, "dev", settings)
 
 
-def test_audio_shorter_than_a_frame_decodes_to_nothing(recognizer, tmp_path):
-    sizes = [200, 12_000]
+def write_split(root, sizes, seed=0):
+    """16 kHz noise files ``0.wav ...`` of ``sizes`` samples and their manifest."""
     for i, n in enumerate(sizes):
-        sf.write(tmp_path / f"{i}.wav", noise(n, seed=i).numpy(), 16_000)
-    manifest = Manifest(str(tmp_path), ["0.wav", "1.wav"], sizes)
-    for batch_size in (1, 2):
-        result = evaluate_split(recognizer, GreedyDecoder(recognizer.dictionary), manifest, ["A", "B"],
-                                tmp_path / f"out{batch_size}", "dev", {}, batch_size=batch_size, progress=False)
-        assert result.hypotheses[0] == ""
-        assert result.score.words.reference_length == 2
+        sf.write(root / f"{i}.wav", noise(n, seed=seed + i).numpy(), 16_000)
+    return Manifest(str(root), [f"{i}.wav" for i in range(len(sizes))], list(sizes))
+
+
+def bad_rows(out, split="dev"):
+    path = out / f"bad.{split}.tsv"
+    return [line.split("\t") for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_unusable_files_are_skipped_reported_and_the_rest_scored(recognizer, tmp_path):
+    """0 samples and 399 samples are skipped alike (too little for one frame), 400 is decoded; unreadable
+    and NaN files are skipped; the split is scored on the rest, whatever the batching."""
+    sizes = [12_000, 399, 400, 9_000, 0, 10]
+    manifest = write_split(tmp_path, sizes)
+    nan = noise(8_000, seed=9).numpy()
+    nan[100] = float("nan")
+    sf.write(tmp_path / "nan.wav", nan, 16_000, subtype="FLOAT")
+    (tmp_path / "junk.flac").write_bytes(b"fLaC and then nothing")
+    manifest = Manifest(manifest.root, manifest.paths + ["nan.wav", "junk.flac", "gone.wav"],
+                        sizes + [8_000, 5, 5])
+    refs = ["A B", "C", "D", "E F", "G", "H", "I", "J", "K"]
+    results = []
+    for batch_size in (1, 4, 9):
+        out = tmp_path / f"out{batch_size}"
+        result = evaluate_split(recognizer, GreedyDecoder(recognizer.dictionary), manifest, refs, out, "dev", {},
+                                batch_size=batch_size, progress=False)
+        rows = bad_rows(out)
+        assert [Path(path).name for path, _ in rows] == ["1.wav", "4.wav", "5.wav", "nan.wav", "junk.flac",
+                                                         "gone.wav"]
+        assert rows == [[manifest.full_path(i), reason] for i, (_, reason) in zip([1, 4, 5, 6, 7, 8], rows)]
+        reasons = [reason for _, reason in rows]
+        assert reasons[0].startswith("too short: 399 samples") and reasons[2].startswith("too short: 10 samples")
+        assert "no samples" in reasons[1] and "NaN" in reasons[3] and "cannot read" in reasons[4]
+        assert not any(reason.startswith(str(tmp_path)) for reason in reasons)  # the path is its own column
+        assert result.skipped == [tuple(row) for row in rows]
+        assert result.references == ["A B", "D", "E F"] and len(result.hypotheses) == 3
+        assert (out / "hyp.dev.txt").read_text().splitlines() == result.hypotheses
+        assert (out / "ref.dev.txt").read_text().splitlines() == result.references
+        saved = json.loads((out / "result.dev.json").read_text())
+        assert (saved["files"], saved["skipped"], saved["utterances"]) == (9, 6, 3)
+        assert saved["words"]["reference_length"] == 5
+        assert saved["audio_seconds"] == round((12_000 + 400 + 9_000) / 16_000, 3)
+        assert sorted(p.name for p in out.iterdir()) == ["bad.dev.tsv", "hyp.dev.txt", "ref.dev.txt",
+                                                         "result.dev.json"]  # no partial file left
+        results.append(result)
+    assert results[0].hypotheses == results[1].hypotheses == results[2].hypotheses
+
+
+def test_a_rerun_without_bad_files_removes_the_old_report(recognizer, tmp_path):
+    manifest = write_split(tmp_path, [9_000, 10])
+    out = tmp_path / "out"
+    decoder = GreedyDecoder(recognizer.dictionary)
+    evaluate_split(recognizer, decoder, manifest, ["A", "B"], out, "dev", {}, progress=False)
+    assert len(bad_rows(out)) == 1
+    evaluate_split(recognizer, decoder, manifest.subset([0]), ["A"], out, "dev", {}, progress=False)
+    assert not (out / "bad.dev.tsv").exists()
+
+
+def test_a_split_with_no_usable_file_fails_clearly(recognizer, tmp_path):
+    manifest = write_split(tmp_path, [10, 0])
+    with pytest.raises(ValueError, match=r"none of its 2 files could be decoded \(reasons in .*bad\.dev\.tsv"):
+        evaluate_split(recognizer, GreedyDecoder(recognizer.dictionary), manifest, ["A", "B"], tmp_path / "out",
+                       "dev", {}, progress=False)
+    assert len(bad_rows(tmp_path / "out")) == 2
+
+
+def test_a_resumed_evaluation_remembers_skipped_files(recognizer, tmp_path, monkeypatch):
+    """Skipped files are part of the partial records: a resumed run neither reads them again nor forgets
+    to report them."""
+    manifest = write_split(tmp_path, [16_000, 14_000, 15_500, 13_000, 12_000, 11_000])
+    (tmp_path / "2.wav").write_bytes(b"")  # unreadable; in the first batch (0, 2) by its manifest length
+    refs = ["A", "B", "C", "D", "E", "F"]
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        evaluate_split(recognizer, CountingDecoder(recognizer.dictionary, fail_after=1), manifest, refs, out,
+                       "dev", {}, batch_size=2, progress=False)
+    loaded = []
+    real_load = recognizer.load
+    monkeypatch.setattr(recognizer, "load", lambda path: loaded.append(Path(path).name) or real_load(path))
+    resumed = evaluate_split(recognizer, GreedyDecoder(recognizer.dictionary), manifest, refs, out, "dev", {},
+                             batch_size=2, progress=False)
+    assert sorted(loaded) == ["1.wav", "3.wav", "4.wav", "5.wav"]  # the first batch is not read again
+    assert [Path(p).name for p, _ in resumed.skipped] == ["2.wav"] and len(bad_rows(out)) == 1
+    assert json.loads((out / "result.dev.json").read_text())["skipped"] == 1
+    fresh = evaluate_split(recognizer, GreedyDecoder(recognizer.dictionary), manifest, refs, tmp_path / "fresh",
+                           "dev", {}, batch_size=6, progress=False)
+    assert resumed.hypotheses == fresh.hypotheses and resumed.skipped == fresh.skipped
+    assert resumed.score == fresh.score
 
 
 def test_precomputed_logits_decode_as_the_batched_model_does(recognizer, tmp_path):
     """split_logits (one model pass, per-item logits trimmed to their frames) feeds evaluate_split to the
-    same hypotheses as decoding padded batches directly; audio shorter than a frame has no logits."""
+    same hypotheses as decoding padded batches directly; audio shorter than a frame is skipped."""
     sizes = [200, 9_000, 16_000, 11_500]
-    for i, n in enumerate(sizes):
-        sf.write(tmp_path / f"{i}.wav", noise(n, seed=20 + i).numpy(), 16_000)
-    manifest = Manifest(str(tmp_path), [f"{i}.wav" for i in range(len(sizes))], sizes)
+    manifest = write_split(tmp_path, sizes, seed=20)
     refs = ["A", "B C", "D", "E F G"]
     logits = split_logits(recognizer, manifest, batch_size=3, progress=False)
-    assert logits[0] is None
+    assert isinstance(logits[0], Skipped) and logits[0].reason.startswith("too short: 200 samples")
     assert [x.shape[0] for x in logits[1:]] == [recognizer.num_frames(n) for n in sizes[1:]]
     decoder = GreedyDecoder(recognizer.dictionary)
     direct = evaluate_split(recognizer, decoder, manifest, refs, tmp_path / "a", "dev", {}, batch_size=4,
@@ -110,6 +190,6 @@ def test_precomputed_logits_decode_as_the_batched_model_does(recognizer, tmp_pat
     cached = evaluate_split(recognizer, decoder, manifest, refs, tmp_path / "b", "dev", {}, batch_size=4,
                             progress=False, logits=logits)
     assert cached.hypotheses == direct.hypotheses and any(direct.hypotheses)
-    assert cached.score == direct.score
+    assert cached.score == direct.score and cached.skipped == direct.skipped and len(direct.skipped) == 1
     with pytest.raises(ValueError, match="3 logits for 4"):
         evaluate_split(recognizer, decoder, manifest, refs, tmp_path / "c", "dev", {}, logits=logits[:3])
