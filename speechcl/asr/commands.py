@@ -168,25 +168,9 @@ def _add_decoder_options(parser: argparse.ArgumentParser, grid: bool = False) ->
 
 
 def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):
-    """The CTC model with its dictionary: the checkpoint's labels, else ``--dict``, else ``fallback_dict``
-    (the ``dict.ltr.txt`` beside the manifest). Only an explicit ``--dict`` is checked against the
-    checkpoint's labels; a corpus's own dictionary never overrides them."""
-    from speechcl.asr.recognizer import Recognizer, resolve_dictionary
-    from speechcl.interop.loading import load_model_with_metadata
-    from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
+    from speechcl.asr.recognizer import load_recognizer
 
-    if args.dict is not None and not Path(args.dict).is_file():
-        raise FileNotFoundError(f"--dict {args.dict} not found")
-    if not Path(args.model).exists():
-        raise FileNotFoundError(f"model path {args.model} does not exist")
-    model, metadata = load_model_with_metadata(args.model)  # a fairseq .pt is read once
-    model = model.to(args.device)
-    if not isinstance(model, Wav2Vec2ForCTC):
-        raise ValueError(f"{args.model} holds a {type(model).__name__}, not a CTC model: fine-tune it first")
-    dict_path = args.dict if args.dict is not None or metadata.labels else fallback_dict
-    dictionary = resolve_dictionary(args.model, dict_path, model.vocab_size, metadata)
-    normalize = metadata.normalize if args.normalize is None else args.normalize
-    return Recognizer(model, dictionary, normalize)
+    return load_recognizer(args.model, args.dict, fallback_dict, args.normalize, args.device)
 
 
 def _decoder(args: argparse.Namespace, dictionary, lm_weight: float | None = None, word_score: float | None = None):

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from speechcl.audio.io import SAMPLE_RATE, AudioError, load_audio, normalize_wave
+from speechcl.audio.io import SAMPLE_RATE, AudioError, load_audio, normalize_wave, pad_batch
 from speechcl.data.labels import SPECIAL_SYMBOLS, Dictionary
-from speechcl.interop.loading import ModelMetadata, read_metadata
+from speechcl.interop.loading import ModelMetadata, load_model_with_metadata, read_metadata
 from speechcl.models.feature_encoder import conv_geometry, num_frames
 from speechcl.models.wav2vec2 import Wav2Vec2ForCTC
 
@@ -147,10 +147,11 @@ class Recognizer:
         return wave
 
     @torch.inference_mode()
-    def forward(self, waves: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, waves: Sequence[Tensor], normalized: bool = False) -> tuple[Tensor, Tensor]:
         """Logits ``[B, T, V]`` (float32, on CPU) and frames ``[B]`` for 1-D 16 kHz waveforms ``[S_i]``.
 
-        The batch is zero-padded to its longest item with a padding mask.
+        The batch is zero-padded to its longest item with a padding mask. ``normalized``: the waveforms
+        are already normalised (windows of a whole utterance normalised once), so ``normalize`` is skipped.
         """
         if not waves:
             raise ValueError("forward needs at least one waveform")
@@ -159,15 +160,38 @@ class Recognizer:
             if wave.dim() != 1:
                 raise ValueError(f"expected 1-D waveforms [samples], got shape {tuple(wave.shape)}")
             wave = wave.float()
-            rows.append(normalize_wave(wave) if self.normalize else wave)
+            rows.append(normalize_wave(wave) if self.normalize and not normalized else wave)
         longest = max(w.shape[0] for w in rows)
         if self.num_frames(longest) < 1:
             raise ValueError(f"audio of {longest} samples is shorter than one frame of the model")
-        batch = torch.zeros(len(rows), longest)
-        pad = torch.ones(len(rows), longest, dtype=torch.bool)
-        for i, wave in enumerate(rows):
-            batch[i, : wave.shape[0]] = wave
-            pad[i, : wave.shape[0]] = False
+        batch, pad = pad_batch(rows)
         device = self.device
         logits, lengths = self.model(batch.to(device), pad.to(device) if bool(pad.any()) else None)
         return logits.float().cpu(), lengths.cpu()
+
+
+def load_recognizer(model_path: str | os.PathLike, dict_path: str | os.PathLike | None = None,
+                    fallback_dict: str | os.PathLike | None = None, normalize: bool | None = None,
+                    device: str | torch.device = "cpu") -> Recognizer:
+    """A :class:`Recognizer` for a CTC checkpoint (speechcl, transformers or fairseq).
+
+    The dictionary is the checkpoint's own labels, else ``dict_path``, else ``fallback_dict`` (e.g. the
+    ``dict.ltr.txt`` beside a manifest); only an explicit ``dict_path`` is checked against the
+    checkpoint's labels, so a corpus's dictionary never overrides them. ``normalize`` defaults to what
+    the checkpoint records.
+
+    Raises:
+        FileNotFoundError: the model or ``dict_path`` does not exist.
+        ValueError: the checkpoint is not a CTC model, or the dictionary does not fit it.
+    """
+    if dict_path is not None and not Path(dict_path).is_file():
+        raise FileNotFoundError(f"dictionary {dict_path} not found")
+    if not Path(model_path).exists():
+        raise FileNotFoundError(f"model path {model_path} does not exist")
+    model, metadata = load_model_with_metadata(model_path)  # a fairseq .pt is read once
+    model = model.to(device)
+    if not isinstance(model, Wav2Vec2ForCTC):
+        raise ValueError(f"{model_path} holds a {type(model).__name__}, not a CTC model: fine-tune it first")
+    chosen = dict_path if dict_path is not None or metadata.labels else fallback_dict
+    dictionary = resolve_dictionary(model_path, chosen, model.vocab_size, metadata)
+    return Recognizer(model, dictionary, metadata.normalize if normalize is None else normalize)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from speechcl.asr.decode import Decoder
 from speechcl.asr.recognizer import Recognizer
-from speechcl.audio.io import SAMPLE_RATE
+from speechcl.audio.io import SAMPLE_RATE, normalize_wave
 from speechcl.features.chunking import plan_chunks
 
 
@@ -29,7 +29,8 @@ def chunked_logits(recognizer: Recognizer, wave: Tensor, chunk_seconds: float = 
                    overlap_seconds: float = 2.0) -> Tensor:
     """Frame logits ``[T, V]`` for a 1-D 16 kHz ``wave [S]``, windowed when longer than ``chunk_seconds``.
 
-    ``T`` equals the frame count of the whole file processed in one pass.
+    ``T`` equals the frame count of the whole file processed in one pass. With ``recognizer.normalize``
+    the whole waveform is normalised once before it is cut into windows.
 
     Raises:
         ValueError: ``wave`` is not 1-D or shorter than the model's receptive field, or the overlap is
@@ -39,9 +40,11 @@ def chunked_logits(recognizer: Recognizer, wave: Tensor, chunk_seconds: float = 
         raise ValueError(f"expected a 1-D waveform [samples], got shape {tuple(wave.shape)}")
     chunks = plan_chunks(wave.shape[0], recognizer.model.cfg.conv_layers, round(chunk_seconds * SAMPLE_RATE),
                          round(overlap_seconds * SAMPLE_RATE))
+    if recognizer.normalize:  # over the whole utterance, as in training and extraction, not per window
+        wave = normalize_wave(wave.float())
     pieces = []
     for chunk in chunks:
-        logits, _ = recognizer.forward([wave[chunk.start:chunk.end]])
+        logits, _ = recognizer.forward([wave[chunk.start:chunk.end]], normalized=True)
         pieces.append(logits[0, chunk.keep_from:chunk.keep_to])
     return torch.cat(pieces, dim=0)
 

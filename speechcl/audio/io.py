@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +109,20 @@ def normalize_wave(wave: torch.Tensor) -> torch.Tensor:
     if wave.dim() != 1:
         raise ValueError(f"normalize_wave expects one utterance [samples], got shape {tuple(wave.shape)}")
     return F.layer_norm(wave, wave.shape)
+
+
+def pad_batch(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms ``[S_i]`` as one zero-padded batch: ``(source [B, max S_i] float32, padding_mask
+    [B, max S_i] bool, True at padding)``; an empty list gives ``[0, 0]`` tensors."""
+    longest = max((int(w.shape[0]) for w in waves), default=0)
+    source = torch.zeros(len(waves), longest, dtype=torch.float32)
+    padding_mask = torch.ones(len(waves), longest, dtype=torch.bool)
+    for row, wave in enumerate(waves):
+        if wave.dim() != 1:
+            raise ValueError(f"expected 1-D waveforms [samples], got shape {tuple(wave.shape)}")
+        source[row, : wave.shape[0]] = wave
+        padding_mask[row, : wave.shape[0]] = False
+    return source, padding_mask
 
 
 def find_audio_files(directory: str | os.PathLike,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechcl.audio.io import SAMPLE_RATE, AudioError, load_audio, normalize_wave
+from speechcl.audio.io import SAMPLE_RATE, AudioError, load_audio, normalize_wave, pad_batch
 from speechcl.data.labels import Dictionary, read_lines
 from speechcl.data.manifest import Manifest, read_manifest
 
@@ -164,16 +164,15 @@ class AudioDataset(torch.utils.data.Dataset):
             raise ValueError("cannot collate an empty batch")
         lengths = [s["source"].numel() for s in samples]
         size = (max(lengths) if self.pad else min(lengths)) if lengths else 0
-        source = torch.zeros(len(samples), size, dtype=torch.float32)
-        padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
-        for row, (sample, length) in enumerate(zip(samples, lengths)):
+        waves = []
+        for sample, length in zip(samples, lengths):
             wave = sample["source"]
             if length > size:  # crop to the shortest item (pad=False)
                 start = (crop_offset(length, size, self.seed, sample["epoch"], sample["id"], _CROP_BATCH)
                          if self.random_crop else 0)
                 wave = wave[start: start + size]
-            source[row, : wave.numel()] = wave
-            padding_mask[row, wave.numel():] = True
+            waves.append(wave)
+        source, padding_mask = pad_batch(waves)
         batch: dict[str, Any] = {"id": torch.tensor([s["id"] for s in samples], dtype=torch.long),
                                  "source": source, "padding_mask": padding_mask}
         if bad:

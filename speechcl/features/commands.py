@@ -19,7 +19,6 @@ SIGTERM or SIGINT stopped the run after a batch with its outputs saved: rerun th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
@@ -28,7 +27,7 @@ from speechcl.audio.io import AUDIO_EXTENSIONS
 from speechcl.features.extract import FORMATS, extract_to_directory
 from speechcl.features.extractor import DEFAULT_MAX_TOKENS
 from speechcl.features.inputs import parse_shard
-from speechcl.utils.device import resolve_device
+from speechcl.utils.device import default_threads, resolve_device
 from speechcl.utils.signals import EXIT_PREEMPTED, Preempted
 
 
@@ -81,12 +80,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default 1024)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
-
-
-def default_threads() -> int:
-    """CPUs available to this process, shared among torchrun's processes on this machine."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def run_extract(args: argparse.Namespace) -> int:

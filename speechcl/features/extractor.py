@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from speechcl.audio.io import SAMPLE_RATE, load_audio, normalize_wave, resample
+from speechcl.audio.io import SAMPLE_RATE, load_audio, normalize_wave, pad_batch, resample
 from speechcl.data.batching import length_sorted_batches
 from speechcl.features.chunking import Chunk, plan_chunks
 from speechcl.models.feature_encoder import conv_geometry
@@ -206,12 +206,7 @@ class FeatureExtractor:
 
     def _forward(self, segments: list[Tensor]) -> list[Tensor]:
         """One padded batch → per segment ``[layers, valid frames, dim]`` float32 on the CPU."""
-        longest = max(s.shape[0] for s in segments)
-        batch = torch.zeros(len(segments), longest)
-        padding = torch.zeros(len(segments), longest, dtype=torch.bool)
-        for i, s in enumerate(segments):
-            batch[i, : s.shape[0]] = s
-            padding[i, s.shape[0]:] = True
+        batch, padding = pad_batch(segments)
         batch = batch.to(self.device)
         mask = padding.to(self.device) if bool(padding.any()) else None
         keep = self.cfg.encoder_layers if LAST in self.layers else max(i for i in self.layers if i is not LAST)

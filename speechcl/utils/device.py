@@ -39,3 +39,9 @@ def resolve_device(name: str, flag: str = "--device",
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in environ:
         device = torch.device("cuda", int(environ["LOCAL_RANK"]))
     return device
+
+
+def default_threads() -> int:
+    """CPUs available to this process, shared among torchrun's processes on this machine."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

@@ -47,3 +47,14 @@ def test_chunked_logits_match_the_whole_file(recognizer):
     assert stitched.shape == whole[0].shape
     agree = (stitched.argmax(-1) == whole[0].argmax(-1)).float().mean()
     assert agree > 0.5
+
+
+def test_windows_of_a_normalized_model_see_the_whole_utterance_normalized(tiny_ctc, dictionary):
+    from speechcl.asr.recognizer import Recognizer
+    from speechcl.audio.io import normalize_wave
+
+    wave = noise(3 * 16_000 + 555, seed=2) * torch.linspace(0.2, 3.0, 3 * 16_000 + 555)  # loudness changes
+    normalizing = Recognizer(tiny_ctc, dictionary, normalize=True)
+    plain = Recognizer(tiny_ctc, dictionary)
+    expected = chunked_logits(plain, normalize_wave(wave), chunk_seconds=1.0, overlap_seconds=0.3)
+    torch.testing.assert_close(chunked_logits(normalizing, wave, chunk_seconds=1.0, overlap_seconds=0.3), expected)

@@ -98,3 +98,16 @@ def test_normalize_wave_is_zero_mean_unit_variance():
     assert torch.equal(normalize_wave(torch.full((100,), 0.5)), torch.zeros(100))  # silence stays finite
     with pytest.raises(ValueError, match="one utterance"):
         normalize_wave(wave.view(5, 1000))
+
+
+def test_pad_batch_pads_with_zeros_and_marks_padding():
+    from speechcl.audio.io import pad_batch
+
+    waves = [torch.arange(1.0, 4.0), torch.arange(1.0, 6.0), torch.ones(0)]
+    source, mask = pad_batch(waves)
+    assert source.shape == mask.shape == (3, 5) and source.dtype == torch.float32
+    assert source[0].tolist() == [1, 2, 3, 0, 0] and mask[0].tolist() == [False] * 3 + [True] * 2
+    assert not mask[1].any() and mask[2].all()
+    assert pad_batch([])[0].shape == (0, 0)
+    with pytest.raises(ValueError, match="1-D"):
+        pad_batch([torch.zeros(2, 3)])
