@@ -48,7 +48,7 @@ from speechcl.audio.io import SAMPLE_RATE, AudioError
 from speechcl.data.batching import length_sorted_batches
 from speechcl.data.labels import normalize_transcript, read_lines
 from speechcl.data.manifest import Manifest
-from speechcl.utils.io import atomic_write_json, atomic_write_text, write_lines
+from speechcl.utils.io import atomic_write_json, atomic_write_text, remove_stale_temporaries, write_lines
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ def evaluate_split(recognizer: Recognizer, decoder: Decoder, manifest: Manifest,
                          f"split {split!r}: labels and manifest must be aligned line by line")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, recursive=False)  # what a killed run left mid-write
     fingerprint = hashlib.sha256(json.dumps(
         {"settings": settings, "root": manifest.root, "paths": manifest.paths}, sort_keys=True, default=str,
     ).encode()).hexdigest()

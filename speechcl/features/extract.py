@@ -39,7 +39,7 @@ from speechcl.features.extractor import DEFAULT_MAX_TOKENS, LAST, FeatureExtract
 from speechcl.features.inputs import InputItem, discover_inputs, select_shard
 from speechcl.features.writers import FeatureWriter, Hdf5Writer, NpyWriter, ShardWriter
 from speechcl.models.feature_encoder import num_frames
-from speechcl.utils.io import atomic_write_json, atomic_write_text
+from speechcl.utils.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from speechcl.utils.signals import Preempted, Preemption, preemptible
 
 FORMATS = ("npy", "shards", "hdf5")
@@ -219,6 +219,7 @@ def extract_to_directory(
                                  overlap_seconds=overlap_seconds, max_tokens=max_tokens, normalize=normalize)
     items = select_shard(discover_inputs(source, extensions), *shard)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)  # what writers killed mid-write (kill -9) left behind
     _check_settings(output_dir, {
         "model": model_name, "format": fmt, "dim": extractor.dim,
         "layers": ["last" if i is LAST else i for i in extractor.layers],

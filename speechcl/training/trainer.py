@@ -266,12 +266,15 @@ def train(
     run = _setup(model, task, train_loader, valid_loader, Path(exp_dir), cfg, optim_cfg, schedule_cfg,
                  dict(checkpoint_extra or {}) | ({"run": run_config} if run_config else {}))
     progress = _resume(run)
+    finished = run.exp_dir / "train_result.json"
+    if not _more_to_do(progress, cfg) and finished.exists():  # a rerun of a finished run: nothing to do
+        return json.loads(finished.read_text())
     run.logger = MetricLogger(run.exp_dir, enabled=run.info.is_main, tensorboard=cfg.tensorboard,
                               total=cfg.max_update, start=progress.num_updates)
     window = _Window()
 
     with preemptible() as preemption, contextlib.closing(run.logger):
-        while progress.num_updates < cfg.max_update and (cfg.max_epoch <= 0 or progress.epoch < cfg.max_epoch):
+        while _more_to_do(progress, cfg):
             train_loader.set_epoch(progress.epoch)
             for group in _groups(train_loader, cfg.update_freq):
                 step = _train_step(run, group, progress, stop=preemption.requested())
@@ -375,6 +378,10 @@ class _Window:
         _merge(self.sums, stats | {"grad_norm_sum": grad_norm, "updates": 1.0})
 
 
+def _more_to_do(progress: Progress, cfg: TrainerConfig) -> bool:
+    return progress.num_updates < cfg.max_update and (cfg.max_epoch <= 0 or progress.epoch < cfg.max_epoch)
+
+
 def _every(interval: int, num_updates: int) -> bool:
     return interval > 0 and num_updates % interval == 0
 
@@ -433,7 +440,9 @@ def _resume(run: _Run) -> Progress:
         if run.info.is_main:
             log.info("resumed from %s at update %d (epoch %d)", run.ckpt.path("last"), progress.num_updates,
                      progress.epoch)
-    run.task.before_update(run.model, progress.num_updates)
+    # the schedules as they were during the last update, so a validation before the next update sees
+    # what an uninterrupted run's saw
+    run.task.before_update(run.model, max(progress.num_updates - 1, 0))
     if progress.bad_items:
         _write_bad_items(run, progress)  # the file may hold lines from after the checkpoint: rewrite it
     run.ddp_model = run.model

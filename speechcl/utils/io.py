@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,6 +21,42 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()  # once, at import: reading it means setting it, which is not thread-safe
+_HOST = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname()) or "host"
+_OWNER = f"{_HOST}-{os.getpid()}"  # in every temporary name, so a later run can tell a dead writer's files
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` writers on this machine left behind when they
+    were killed (``.NAME.HOST-PID.XXXX.tmp`` whose process is gone); returns what was removed.
+
+    Files of live processes and of other machines (a shared file system) are left alone, so a job can
+    call this on start even while other ranks write into the same folder.
+    """
+    removed = []
+    root = Path(directory)
+    if not root.is_dir():
+        return removed
+    for path in root.rglob("*.tmp") if recursive else root.glob("*.tmp"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None or match["host"] != _HOST or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -29,7 +67,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_OWNER}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every output private

@@ -258,3 +258,23 @@ def test_a_task_without_state_refuses_a_checkpoint_with_task_state(manifest_dir:
     trainer, optim, schedule = tiny_configs(max_update=2)
     with pytest.raises(ValueError, match="task state"):
         train(model, task, train_loader, None, tmp_path, trainer, optim, schedule)
+
+
+def test_rerun_of_a_finished_run_changes_nothing_and_a_lost_final_validation_is_redone(
+        manifest_dir: Path, tmp_path: Path) -> None:
+    def run() -> dict:
+        model, task, train_loader, valid_loader = tiny_pieces(manifest_dir)
+        trainer, optim, schedule = tiny_configs(max_update=3, valid_interval=2, save_interval=3)
+        return train(model, task, train_loader, valid_loader, tmp_path, trainer, optim, schedule)
+
+    first = run()
+    log = (tmp_path / "log.jsonl").read_text()
+    assert run() == first and (tmp_path / "log.jsonl").read_text() == log  # no second final validation
+    # killed after the final checkpoint, before the final validation: the rerun validates as the run would
+    (tmp_path / "train_result.json").unlink()
+    lines = log.splitlines(keepends=True)
+    assert '"split": "valid", "step": 3' in lines[-1]
+    (tmp_path / "log.jsonl").write_text("".join(lines[:-1]))
+    again = run()
+    assert (tmp_path / "log.jsonl").read_text().splitlines()[-1] == lines[-1].rstrip("\n")
+    assert again["valid"] == first["valid"]
