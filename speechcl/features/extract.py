@@ -3,12 +3,14 @@
 :func:`extract_to_directory` is what ``speechcl extract`` runs:
 
 1. inputs are discovered (:mod:`speechcl.features.inputs`) and split by ``shard=(I, N)``;
-2. inputs whose output exists are skipped (outputs are written atomically, so existing means complete);
-   ``extract_config.json`` in the output directory records the settings, and a rerun with different
+2. ``extract_config.json`` in the output directory records the settings, and a rerun with different
    settings is refused unless ``overwrite``;
-3. lengths come from the manifest or the file headers; files are grouped longest-first into batches under
-   ``max_tokens`` samples (padding does not change any file's features) and decoded, mixed down and resampled to
-   16 kHz by DataLoader workers while the model runs;
+3. lengths come from the manifest or the file headers; all inputs of the shard, whether their output exists
+   or not (outputs are written atomically, so existing means complete), are grouped longest-first into
+   batches under ``max_tokens`` samples, so a rerun plans the same batches as an uninterrupted run. Batches
+   whose outputs all exist are skipped; any other batch is run whole (padding and neighbours as planned, so
+   its features are bit for bit those of an uninterrupted run) and only its missing outputs are written.
+   Files are decoded, mixed down and resampled to 16 kHz by DataLoader workers while the model runs;
 4. features (:class:`~speechcl.features.extractor.FeatureExtractor`) go to the writer as soon as a batch is
    done. Bad inputs are skipped and listed (``path<TAB>reason``) in ``failed<tag>.tsv``, and nothing is
    written for them: files that cannot be decoded or hold NaN/Inf samples
@@ -132,32 +134,54 @@ def _check_settings(directory: Path, settings: dict[str, Any], overwrite: bool) 
     atomic_write_json(path, settings)
 
 
-def _pending(extractor: FeatureExtractor, writer: FeatureWriter, items: Sequence[InputItem], overwrite: bool,
-             summary: ExtractionSummary) -> list[tuple[InputItem, int]]:
-    """The inputs still to extract with their lengths; the done ones are counted, the ones too short for
-    the model (or without a readable header) are reported in ``summary``."""
-    pending = [it for it in items if overwrite or not writer.is_done(it.key)]
-    summary.skipped = len(items) - len(pending)
-    sized = []
-    for item, size in _lengths(pending, summary.failed):
+@dataclass
+class _Plan:
+    """The batches of one shard, planned over every input whether its output exists or not, so that they are
+    the same in a fresh run and in any rerun: a missing output is computed in the batch (same padding, same
+    neighbours) an uninterrupted run computes it in, bit for bit."""
+
+    items: list[InputItem]  # the inputs the model can take (readable header, long enough), done or not
+    sizes: list[int]  # their lengths in samples at 16 kHz
+    missing: list[bool]  # whether an input's output is still to write
+    batches: list[list[int]]  # the planned batches holding at least one missing output (fully done ones dropped)
+
+    @property
+    def pending(self) -> list[int]:
+        return [i for batch in self.batches for i in batch if self.missing[i]]
+
+
+def _plan(extractor: FeatureExtractor, writer: FeatureWriter, items: Sequence[InputItem], overwrite: bool,
+          summary: ExtractionSummary) -> _Plan:
+    """Plan the batches of ``items`` (see :class:`_Plan`); the done inputs are counted, the missing ones too
+    short for the model (or without a readable header) are reported in ``summary``."""
+    missing = [overwrite or not writer.is_done(it.key) for it in items]
+    summary.skipped = missing.count(False)
+    failed: list[tuple[int, str]] = []
+    usable, sizes = [], []
+    for index, size in _lengths(items, failed):
         if num_frames(size, extractor.cfg.conv_layers) <= 0:
-            summary.failed.append((item.path, f"too short: {size} samples at 16 kHz, the model needs at least "
-                                              f"{extractor.receptive_field}"))
+            failed.append((index, f"too short: {size} samples at 16 kHz, the model needs at least "
+                                  f"{extractor.receptive_field}"))
         else:
-            sized.append((item, size))
-    return sized
+            usable.append(index)
+            sizes.append(size)
+    summary.failed.extend((items[index].path, reason) for index, reason in failed if missing[index])
+    flags = [missing[i] for i in usable]
+    batches = [batch for batch in _file_batches(extractor, sizes) if any(flags[j] for j in batch)]
+    return _Plan([items[i] for i in usable], sizes, flags, batches)
 
 
-def _lengths(items: Sequence[InputItem], failed: list[tuple[str, str]]) -> list[tuple[InputItem, int]]:
+def _lengths(items: Sequence[InputItem], failed: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """``(index, samples at 16 kHz)`` of the inputs whose length is known; the others go to ``failed``."""
     out = []
-    for item in items:
+    for index, item in enumerate(items):
         if item.num_samples is not None:
-            out.append((item, item.num_samples))
+            out.append((index, item.num_samples))
             continue
         try:
-            out.append((item, audio_info(item.path).num_samples(SAMPLE_RATE)))
+            out.append((index, audio_info(item.path).num_samples(SAMPLE_RATE)))
         except AudioError as err:
-            failed.append((item.path, _reason(err, item.path)))
+            failed.append((index, _reason(err, item.path)))
     return out
 
 
@@ -230,8 +254,8 @@ def extract_to_directory(
     summary = ExtractionSummary(inputs=len(items))
     with preemptible() as preemption:
         try:
-            sized = _pending(extractor, writer, items, overwrite, summary)
-            _run(extractor, writer, sized, summary, num_workers, progress, preemption)
+            plan = _plan(extractor, writer, items, overwrite, summary)
+            _run(extractor, writer, plan, summary, num_workers, progress, preemption)
         finally:
             writer.close()
         _write_report(output_dir / f"failed{_shard_tag(shard)}.tsv", summary.failed)
@@ -261,37 +285,39 @@ def _file_batches(extractor: FeatureExtractor, sizes: Sequence[int]) -> list[lis
     return batches + [[whole[j] for j in batch] for batch in grouped]
 
 
-def _run(extractor: FeatureExtractor, writer: FeatureWriter, sized: list[tuple[InputItem, int]],
-         summary: ExtractionSummary, num_workers: int | None, progress: bool, preemption: Preemption) -> None:
-    """Decode, extract and write ``sized`` batch by batch; stop after a batch when ``preemption`` is set
-    (``summary.stopped_by`` names the signal)."""
+def _run(extractor: FeatureExtractor, writer: FeatureWriter, plan: _Plan, summary: ExtractionSummary,
+         num_workers: int | None, progress: bool, preemption: Preemption) -> None:
+    """Decode and extract the batches of ``plan`` whole, and write their missing outputs; stop after a batch
+    when ``preemption`` is set (``summary.stopped_by`` names the signal)."""
     if preemption.requested():
         summary.stopped_by = preemption.name
-    if not sized or summary.stopped_by:
+    if not plan.batches or summary.stopped_by:
         return
-    items = [item for item, _ in sized]
-    sizes = [size for _, size in sized]
+    items, sizes, missing = plan.items, plan.sizes, plan.missing
+    planned = sum(len(batch) for batch in plan.batches)
     if num_workers is None:
-        num_workers = 1 if len(items) > 1 else 0
+        num_workers = 1 if planned > 1 else 0
     loader = torch.utils.data.DataLoader(
-        _AudioFiles(items), batch_sampler=_file_batches(extractor, sizes), num_workers=num_workers,
+        _AudioFiles(items), batch_sampler=plan.batches, num_workers=num_workers,
         collate_fn=_collate, worker_init_fn=_one_thread if num_workers else None,
         prefetch_factor=2 if num_workers else None,
     )
-    bar = tqdm(total=round(sum(sizes) / SAMPLE_RATE, 1), unit="s", unit_scale=False, disable=not progress,
-               desc="extract (audio s)", dynamic_ncols=True)
+    bar = tqdm(total=round(sum(sizes[i] for i in plan.pending) / SAMPLE_RATE, 1), unit="s", unit_scale=False,
+               disable=not progress, desc="extract (audio s)", dynamic_ncols=True)
     try:
         handled = 0
         for batch in loader:
             handled += len(batch)
             good = []
             for index, wave, error in batch:
-                if error is not None:
+                if error is None:
+                    good.append((index, wave))
+                elif missing[index]:
                     summary.failed.append((items[index].path, error))
                     bar.update(round(sizes[index] / SAMPLE_RATE, 3))
-                else:
-                    good.append((index, wave))
             for index, feats in _extract_batch(extractor, good, items, summary):
+                if not missing[index]:  # done already: in the batch only so that the others see their padding
+                    continue
                 if not bool(torch.isfinite(feats).all()):  # the audio was finite: the model is at fault
                     summary.failed.append((items[index].path, "model produced non-finite features (NaN/Inf) "
                                            "for finite audio; check the checkpoint or use --dtype float32"))
@@ -301,7 +327,7 @@ def _run(extractor: FeatureExtractor, writer: FeatureWriter, sized: list[tuple[I
                     summary.audio_seconds += sizes[index] / SAMPLE_RATE
                 bar.update(round(sizes[index] / SAMPLE_RATE, 3))
             bar.set_postfix(files=summary.extracted, failed=len(summary.failed), refresh=False)
-            if preemption.requested() and handled < len(items):
+            if preemption.requested() and handled < planned:
                 summary.stopped_by = preemption.name
                 break
     finally:
