@@ -282,8 +282,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from speechcl.asr.evaluate import skip_reason
     from speechcl.asr.transcribe import transcribe_files
+    from speechcl.audio.io import error_reason
 
     try:
         recognizer = _recognizer(args)
@@ -295,7 +295,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
         try:
             (item,) = transcribe_files(recognizer, decoder, [path], args.chunk_seconds, args.overlap_seconds)
         except (OSError, ValueError) as err:
-            print(f"speechcl transcribe: skipped {path}: {skip_reason(err, path)}", file=sys.stderr)
+            print(f"speechcl transcribe: skipped {path}: {error_reason(err)}", file=sys.stderr)
             status = 1
             continue
         print(f"{item.path}\t{item.text}", flush=True)
@@ -315,9 +315,8 @@ def _read_transcript(argument: str) -> str:
 
 def run_align(args: argparse.Namespace) -> int:
     from speechcl.asr.align import align_words
-    from speechcl.asr.evaluate import skip_reason
     from speechcl.asr.transcribe import chunked_logits
-    from speechcl.audio.io import AudioError
+    from speechcl.audio.io import AudioError, error_reason
     from speechcl.utils.io import atomic_open
 
     try:
@@ -328,7 +327,7 @@ def run_align(args: argparse.Namespace) -> int:
     try:
         wave = recognizer.load(args.audio)
     except AudioError as err:
-        print(f"speechcl align: cannot use {args.audio}: {skip_reason(err, args.audio)}", file=sys.stderr)
+        print(f"speechcl align: cannot use {args.audio}: {error_reason(err)}", file=sys.stderr)
         return 1
     try:
         logits = chunked_logits(recognizer, wave, args.chunk_seconds, args.overlap_seconds)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from speechcl.asr.decode import Decoder
 from speechcl.asr.recognizer import Recognizer
 from speechcl.asr.score import Score, score
-from speechcl.audio.io import SAMPLE_RATE, AudioError
+from speechcl.audio.io import SAMPLE_RATE, AudioError, error_reason
 from speechcl.data.batching import length_sorted_batches
 from speechcl.data.labels import normalize_transcript, read_lines
 from speechcl.data.manifest import Manifest
@@ -60,13 +60,6 @@ class Skipped:
 
 Outcome = str | Skipped
 """What decoding one utterance gave: its transcript, or why it was skipped."""
-
-
-def skip_reason(err: Exception, path: str | os.PathLike) -> str:
-    """The message of ``err`` without the leading ``PATH:`` that audio errors start with."""
-    text = str(err)
-    prefix = f"{path}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 @dataclass
@@ -210,7 +203,7 @@ def _forward_files(recognizer: Recognizer, paths: Sequence[str]
         try:
             waves[k] = recognizer.load(path)
         except AudioError as err:
-            skipped[k] = Skipped(skip_reason(err, path))
+            skipped[k] = Skipped(error_reason(err))
     usable = sorted(waves)
     if not usable:
         return torch.empty(0, 0, len(recognizer.dictionary)), torch.empty(0, dtype=torch.int64), [], skipped

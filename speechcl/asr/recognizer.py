@@ -142,7 +142,7 @@ class Recognizer:
         """
         wave, _ = load_audio(path)
         if self.num_frames(wave.shape[0]) < 1:
-            raise AudioError(f"{path}: too short: {wave.shape[0]} samples at 16 kHz, the model needs at least "
+            raise AudioError(path, f"too short: {wave.shape[0]} samples at 16 kHz, the model needs at least "
                              f"{self.receptive_field} for one frame; remove the file or exclude it")
         return wave
 

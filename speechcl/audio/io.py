@@ -38,7 +38,20 @@ a folder for audio looks for by default (:func:`find_audio_files`)."""
 
 
 class AudioError(ValueError):
-    """A file that cannot be used as audio; the message names the file and what is wrong."""
+    """A file that cannot be used as audio: ``str(err)`` is ``"PATH: REASON"``; ``path`` and ``reason`` are
+    kept apart for reports with a column of their own for each."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self) -> tuple:  # picklable across decoding worker processes
+        return type(self), (self.path, self.reason)
+
+
+def error_reason(err: BaseException) -> str:
+    """What is wrong, without the file name: an :class:`AudioError`'s ``reason``, else the message."""
+    return err.reason if isinstance(err, AudioError) else str(err)
 
 
 @dataclass(frozen=True)
@@ -85,12 +98,12 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     path = str(path)
     try:
         if os.path.getsize(path) == 0:
-            raise AudioError(f"{path}: file is empty (0 bytes); re-create or remove it")
+            raise AudioError(path, "file is empty (0 bytes); re-create or remove it")
         info = sf.info(path)
     except AudioError:
         raise
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
-        raise AudioError(f"{path}: cannot read audio header ({_short(err)}); re-create or remove the file") from err
+        raise AudioError(path, f"cannot read audio header ({_short(err)}); re-create or remove the file") from err
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
 
 
@@ -161,13 +174,13 @@ def load_audio(path: str | os.PathLike, target_sr: int | None = SAMPLE_RATE) -> 
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
-        raise AudioError(f"{path}: cannot decode audio ({_short(err)}); re-create or remove the file") from err
+        raise AudioError(path, f"cannot decode audio ({_short(err)}); re-create or remove the file") from err
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: audio has no samples; remove the file or exclude it from the manifest")
+        raise AudioError(path, "audio has no samples; remove the file or exclude it from the manifest")
     finite = np.isfinite(data)
     if not finite.all():
         bad = int(data.size - np.count_nonzero(finite))
-        raise AudioError(f"{path}: {bad} of {data.size} samples are NaN or infinite (a corrupt float file); "
+        raise AudioError(path, f"{bad} of {data.size} samples are NaN or infinite (a corrupt float file); "
                          "re-create or remove the file")
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     wave = torch.from_numpy(np.ascontiguousarray(mono))

@@ -129,19 +129,19 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """Item ``index`` (of ``epoch``); a file that cannot be used gives ``{"id", "epoch", "bad"}`` with
-        ``bad`` the reason, so one bad file costs its item, not the run (the collater leaves it out)."""
+        ``bad`` the reason (its path is :meth:`path`), so one bad file costs its item, not the run (the collater leaves it out)."""
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         item = int(self.indices[index])
         path = self.manifest.full_path(item)
         try:
             wave, _ = load_audio(path, SAMPLE_RATE)
         except AudioError as err:
-            return {"id": index, "epoch": epoch, "bad": str(err)}
+            return {"id": index, "epoch": epoch, "bad": err.reason}
         expected = self.manifest.sizes[item]
         if wave.numel() != expected:
             return {"id": index, "epoch": epoch,
-                    "bad": f"{path}: decoded {wave.numel()} samples but the manifest says {expected}; the file "
-                           "changed since preparation: re-run speechcl prepare"}
+                    "bad": f"decoded {wave.numel()} samples but the manifest says {expected}; the file changed "
+                           "since preparation: re-run speechcl prepare"}
         if self.normalize:
             wave = normalize_wave(wave)
         if self.max_sample_size is not None and wave.numel() > self.max_sample_size:

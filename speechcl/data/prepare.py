@@ -60,6 +60,7 @@ from speechcl.audio.io import (
     SAMPLE_RATE,
     AudioError,
     audio_info,
+    error_reason,
     find_audio_files,
     load_audio,
 )
@@ -122,7 +123,7 @@ def probe_audio(path: str, verify: bool = False, min_samples: int = MIN_SAMPLES)
             wave, info = load_audio(path, SAMPLE_RATE)
             num_samples = int(wave.numel())
     except AudioError as err:
-        return _Probe(path, None, [("skipped", _one_line(str(err).removeprefix(f"{path}: ")))])
+        return _Probe(path, None, [("skipped", _one_line(error_reason(err)))])
     except (ValueError, RuntimeError, OSError) as err:  # anything else a decoder or resampler raises
         return _Probe(path, None, [("skipped", _one_line(f"cannot decode audio ({type(err).__name__}: {err}); "
                                                          "re-create or remove the file"))])

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from speechcl.audio.io import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, load_audio
+from speechcl.audio.io import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, error_reason, load_audio
 from speechcl.data.batching import length_sorted_batches
 from speechcl.features.extractor import DEFAULT_MAX_TOKENS, LAST, FeatureExtractor
 from speechcl.features.inputs import InputItem, discover_inputs, select_shard
@@ -85,14 +85,8 @@ class _AudioFiles(torch.utils.data.Dataset):
         try:
             wave, _ = load_audio(path, SAMPLE_RATE)
         except (AudioError, OSError, RuntimeError, ValueError) as err:
-            return index, None, _reason(err, path)
+            return index, None, error_reason(err)
         return index, wave, None
-
-
-def _reason(err: Exception, path: str) -> str:
-    """The message of ``err`` without the leading ``PATH:`` of audio errors (the path has its own column)."""
-    text = str(err)
-    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
 
 
 def _one_thread(_: int) -> None:
@@ -181,7 +175,7 @@ def _lengths(items: Sequence[InputItem], failed: list[tuple[int, str]]) -> list[
         try:
             out.append((index, audio_info(item.path).num_samples(SAMPLE_RATE)))
         except AudioError as err:
-            failed.append((index, _reason(err, item.path)))
+            failed.append((index, error_reason(err)))
     return out
 
 

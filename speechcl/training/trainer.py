@@ -231,8 +231,8 @@ def evaluate(model: nn.Module, task: Task, loader: ResumableLoader, device: torc
     loader.set_epoch(0)
     with torch.no_grad():
         for position, batch in enumerate(loader):
-            for _, _, reason in batch.get("bad", []):
-                log.warning("validation skips an unreadable item: %s", reason)
+            for _, path, reason in batch.get("bad", []):
+                log.warning("validation skips an unreadable item: %s: %s", path, reason)
             if batch["source"].shape[0] == 0:
                 continue
             generator = torch.Generator(device).manual_seed(micro_seed(seed + 7919, 0, position * info.world_size
@@ -534,7 +534,8 @@ def _record_bad_items(run: _Run, progress: Progress, new: list[tuple[str, str]])
     for path, reason in new:
         if path not in progress.bad_items:
             progress.bad_items[path] = reason
-            run.logger.warn(f"skipping an unreadable training item ({len(progress.bad_items)} so far): {reason}")
+            run.logger.warn(f"skipping an unreadable training item ({len(progress.bad_items)} so far): {path}: "
+                            f"{reason}")
     _write_bad_items(run, progress)
     total = len(run.train_loader.dataset)
     if len(progress.bad_items) > run.cfg.max_bad_item_share * total:
