@@ -259,8 +259,9 @@ def read_fairseq_checkpoint(path: str | Path) -> dict[str, Any]:
                 "ckpt['cfg'] = OmegaConf.to_container(ckpt['cfg'], resolve=True); "
                 "torch.save({'model': ckpt['model'], 'cfg': ckpt['cfg']}, 'clean.pt') — then import clean.pt"
             ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({err}); the file may be truncated") from None
+    except Exception as err:  # noqa: BLE001 - corrupt pickles fail with KeyError, IndexError, struct.error, ...
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err}); the file may be "
+                         "truncated or corrupt") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), Mapping):
         raise ValueError(f"{path}: expected a fairseq checkpoint dict with a 'model' state dict")
     return ckpt

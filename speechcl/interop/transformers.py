@@ -10,7 +10,6 @@ itself is not needed to import.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -263,8 +262,9 @@ def _load_shards(index: Path, read: Callable[[Path], dict[str, Tensor]]) -> dict
 def _read_bin(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} is not a readable torch weights file ({err}); it is truncated, corrupt or holds "
+    except Exception as err:  # noqa: BLE001 - corrupt pickles fail with KeyError, IndexError, struct.error, ...
+        raise ValueError(f"{path} is not a readable torch weights file ({type(err).__name__}: {err}); it is "
+                         "truncated, corrupt or holds "
                          "more than tensors: save or download it again") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import random
 import re
 from pathlib import Path
 
@@ -130,7 +130,7 @@ def test_bad_metadata_types(ckpt):
 def test_corrupt_safetensors(ckpt, damage):
     weights = ckpt / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes({"truncated": data[: len(data) // 2], "random": os.urandom(4096), "empty": b""}[damage])
+    weights.write_bytes({"truncated": data[: len(data) // 2], "random": random.Random(1).randbytes(4096), "empty": b""}[damage])
     with fails(weights, " is not a readable safetensors file .*corrupt"):
         speechcl.load_model(ckpt)
 
@@ -141,12 +141,46 @@ def test_corrupt_weights_of_a_transformers_directory(tmp_path):
     with fails(tmp_path / "model.safetensors", " is not a readable safetensors"):
         speechcl.load_model(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    (tmp_path / "pytorch_model.bin").write_bytes(os.urandom(512))
+    (tmp_path / "pytorch_model.bin").write_bytes(random.Random(0).randbytes(512))
     with fails(tmp_path / "pytorch_model.bin", " is not a readable torch weights file"):
         speechcl.load_model(tmp_path)
     (tmp_path / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="no weights: expected model.safetensors"):
         speechcl.load_model(tmp_path)
+
+
+def _damaged_pickles(count: int) -> list[bytes]:
+    """Seeded damage to a real torch file: random bytes, and bytes flipped inside its pickle stream (these reach
+    the unpickler and fail there with KeyError, IndexError, struct.error or UnicodeDecodeError, not only
+    UnpicklingError)."""
+    import io
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, buffer, _use_new_zipfile_serialization=False)
+    good = buffer.getvalue()
+    rng = random.Random(0)
+    damaged = [rng.randbytes(rng.randrange(1, 600)) for _ in range(count)]
+    for _ in range(count):
+        data = bytearray(good)
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        damaged.append(bytes(data))
+    return damaged
+
+
+def test_damaged_torch_files_give_one_error(tmp_path):
+    """Whatever the damage, both torch readers answer with the ValueError that names the file."""
+    from speechcl.interop.fairseq import read_fairseq_checkpoint
+    from speechcl.interop.transformers import _read_bin
+
+    path = tmp_path / "w.bin"
+    for data in _damaged_pickles(150):
+        path.write_bytes(data)
+        for reader in (_read_bin, read_fairseq_checkpoint):
+            try:
+                reader(path)
+            except ValueError as err:
+                assert str(path) in str(err)
+            # a flip that leaves a loadable file is fine: the reader then checks the contents
 
 
 def test_convert_reports_a_broken_checkpoint(ckpt, tmp_path, capsys):
