@@ -3,7 +3,8 @@
 :class:`AudioDataset` loads items with :func:`speechcl.audio.load_audio` (mixdown and resampling to
 16 kHz happen there) and batches them with :meth:`AudioDataset.collater`, which returns::
 
-    {"id":             int64 [B]     dataset indices (see AudioDataset.path),
+    {"id":             int64 [B]     dataset indices (see AudioDataset.path), stable across epochs and runs,
+     "epoch":          int64 [B]     the epoch each item was drawn for (seeds per-item augmentation),
      "source":         float32 [B, S]
      "padding_mask":   bool [B, S]   True where source is padding,
      "target":         int64 [B, L]  labeled only; Dictionary indices padded with TARGET_PAD (-1),
@@ -174,6 +175,7 @@ class AudioDataset(torch.utils.data.Dataset):
             waves.append(wave)
         source, padding_mask = pad_batch(waves)
         batch: dict[str, Any] = {"id": torch.tensor([s["id"] for s in samples], dtype=torch.long),
+                                 "epoch": torch.tensor([s["epoch"] for s in samples], dtype=torch.long),
                                  "source": source, "padding_mask": padding_mask}
         if bad:
             batch["bad"] = bad

@@ -30,7 +30,7 @@ from speechcl.audio.io import SAMPLE_RATE, load_audio, normalize_wave, pad_batch
 from speechcl.data.batching import length_sorted_batches
 from speechcl.features.chunking import Chunk, plan_chunks
 from speechcl.models.feature_encoder import conv_geometry
-from speechcl.models.wav2vec2 import Wav2Vec2Encoder
+from speechcl.models.wav2vec2 import Wav2Vec2Encoder, encoder_of
 
 LAST = None
 """Marker in a layer selection for ``last_hidden_state``."""
@@ -75,16 +75,6 @@ def parse_layers(spec: str | int | Sequence[int | str], num_layers: int) -> tupl
     if len(set(out)) != len(out):
         raise ValueError(f"layer selection {spec!r} repeats a layer")
     return tuple(out)
-
-
-def encoder_of(model: nn.Module) -> Wav2Vec2Encoder:
-    """The :class:`Wav2Vec2Encoder` inside a pretraining / CTC model (or the encoder itself)."""
-    if isinstance(model, Wav2Vec2Encoder):
-        return model
-    encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, Wav2Vec2Encoder):
-        return encoder
-    raise ValueError(f"cannot extract features from a {type(model).__name__}; expected a speechcl wav2vec 2.0 model")
 
 
 @contextlib.contextmanager

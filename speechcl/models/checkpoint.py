@@ -1,7 +1,9 @@
 """speechcl checkpoint directories: ``config.json`` (full model config) + ``model.safetensors``.
 
 ``config.json`` holds ``{"format": "speechcl", "version": 1, "architecture": ..., "model": {...}}`` and,
-for CTC models, ``vocab_size`` and optionally ``labels`` (the dictionary symbols, blank first).
+for CTC models, ``vocab_size`` and optionally ``labels`` (the dictionary symbols, blank first); for the
+models of the other pretraining objectives (:mod:`speechcl.methods`), ``objective`` (``{"name": ...,
+**settings}``) and the method's class name as ``architecture``.
 ``version`` is the checkpoint format version (absent means 1); a checkpoint of a newer version than
 :data:`VERSION` is refused. Weights never go through pickle.
 
@@ -22,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from speechcl.methods import METHODS, Method, build_method
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, Wav2Vec2ForPretraining
 from speechcl.utils.io import atomic_save, atomic_write_json
@@ -32,17 +35,26 @@ VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-SpeechclModel = Wav2Vec2ForPretraining | Wav2Vec2ForCTC | Wav2Vec2Encoder
+SpeechclModel = Wav2Vec2ForPretraining | Wav2Vec2ForCTC | Wav2Vec2Encoder | Method
 
 
 def architecture_of(model: nn.Module) -> str:
+    if isinstance(model, Method):
+        return type(model).__name__
     for cls in (Wav2Vec2ForPretraining, Wav2Vec2ForCTC, Wav2Vec2Encoder):
         if isinstance(model, cls):
             return cls.__name__
     raise ValueError(f"cannot save a {type(model).__name__}; expected a speechcl wav2vec 2.0 model")
 
 
-def build_model(architecture: str, cfg: Wav2Vec2Config, vocab_size: int | None = None) -> SpeechclModel:
+def build_model(architecture: str, cfg: Wav2Vec2Config, vocab_size: int | None = None,
+                objective: dict[str, Any] | None = None) -> SpeechclModel:
+    if objective is not None:
+        method = build_method(cfg, objective)
+        if type(method).__name__ != architecture:
+            raise ValueError(f"architecture {architecture!r} does not match objective {objective.get('name')!r} "
+                             f"(whose model is {type(method).__name__})")
+        return method
     if architecture == "Wav2Vec2ForPretraining":
         return Wav2Vec2ForPretraining(cfg)
     if architecture == "Wav2Vec2ForCTC":
@@ -51,8 +63,10 @@ def build_model(architecture: str, cfg: Wav2Vec2Config, vocab_size: int | None =
         return Wav2Vec2ForCTC(cfg, vocab_size)
     if architecture == "Wav2Vec2Encoder":
         return Wav2Vec2Encoder(cfg)
-    raise ValueError(f"unknown architecture {architecture!r} (expected Wav2Vec2ForPretraining, Wav2Vec2ForCTC "
-                     "or Wav2Vec2Encoder)")
+    if architecture in {cls.__name__ for cls in METHODS.values()}:
+        raise ValueError(f"a {architecture} checkpoint needs its 'objective' entry in config.json")
+    raise ValueError(f"unknown architecture {architecture!r} (expected Wav2Vec2ForPretraining, Wav2Vec2ForCTC, "
+                     f"Wav2Vec2Encoder or one of {', '.join(cls.__name__ for cls in METHODS.values())})")
 
 
 def save_checkpoint(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -64,6 +78,8 @@ def save_checkpoint(model: nn.Module, directory: str | Path, extra: dict[str, An
                             "model": cfg.to_dict()}
     if isinstance(model, Wav2Vec2ForCTC):
         meta["vocab_size"] = model.vocab_size
+    if isinstance(model, Method):
+        meta["objective"] = model.objective_config()
     if extra:
         meta.update(extra)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -128,10 +144,13 @@ def model_from_config(meta: dict[str, Any], source: str) -> SpeechclModel:
     vocab_size = meta.get("vocab_size")
     if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 1):
         raise ValueError(f"{source}: 'vocab_size' must be a positive integer, got {vocab_size!r}")
+    objective = meta.get("objective")
+    if objective is not None and not isinstance(objective, dict):
+        raise ValueError(f"{source}: 'objective' must be a JSON object, got {objective!r}")
     _check_config_types(meta["model"], source)
     try:
         cfg = Wav2Vec2Config.from_dict(meta["model"])
-        return build_model(meta["architecture"], cfg, vocab_size)
+        return build_model(meta["architecture"], cfg, vocab_size, objective)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: invalid model config: {err}") from None
 

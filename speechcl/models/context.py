@@ -26,8 +26,14 @@ class PositionalConv(nn.Module):
         self.conv = weight_norm(conv, name="weight", dim=2)
         self.remove = 1 if kernel % 2 == 0 else 0
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, T, D] -> [B, T, D]``."""
+    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
+        """``[B, T, D] -> [B, T, D]``; ``causal``: output ``t`` sees inputs ``<= t`` only (the same kernel,
+        all its padding on the left)."""
+        if causal:
+            conv = self.conv
+            kernel = conv.kernel_size[0]
+            y = F.conv1d(F.pad(x.transpose(1, 2), (kernel - 1, 0)), conv.weight, conv.bias, groups=conv.groups)
+            return F.gelu(y).transpose(1, 2)
         y = self.conv(x.transpose(1, 2))
         if self.remove:
             y = y[:, :, : -self.remove]
@@ -41,7 +47,8 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | 
     in float32 — but without that fallback's float32 copies of bfloat16 inputs and its check for fully
     masked rows (callers guarantee every row has a key).
 
-    ``q, k, v [B, H, T, d]``; ``attn_mask [B, 1, 1, T]`` bool, True where a key may be attended.
+    ``q, k, v [B, H, T, d]``; ``attn_mask [B, 1, 1, T]`` or ``[B, 1, T, T]`` bool, True where a key may be
+    attended.
     """
     scale = math.sqrt(1.0 / math.sqrt(q.shape[-1]))  # both q and k by √scale, as the fallback does
     weights = (q * scale) @ (k.transpose(-2, -1) * scale)
@@ -66,7 +73,8 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-        """``x [B, T, D]``; ``attn_mask [B, 1, 1, T]`` bool, True where a key may be attended."""
+        """``x [B, T, D]``; ``attn_mask [B, 1, 1, T]`` or ``[B, 1, T, T]`` bool, True where a key may be
+        attended."""
         b, t, d = x.shape
         h = self.heads
 
@@ -147,8 +155,11 @@ class ContextNetwork(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None, *, return_hidden: bool = False,
-                generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
+                causal: bool = False, generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
         """Contextualise ``x [B, T, D]``; ``padding_mask [B, T]`` bool, True at padded frames.
+
+        ``causal``: frame ``t`` sees frames ``<= t`` only, in the positional convolution and in attention
+        (for the future-predicting objectives, wav2vec 1.0 and CPC).
 
         Returns the output ``[B, T, D]`` (after the final LayerNorm in pre-LN models) and, with
         ``return_hidden``, the hidden states in transformers' (v5) order: the input to the first layer, then
@@ -159,7 +170,11 @@ class ContextNetwork(nn.Module):
             x = x.masked_fill(padding_mask[..., None], 0.0)
             if bool(padding_mask.any()):
                 attn_mask = (~padding_mask)[:, None, None, :]
-        x = x + self.pos_conv(x)
+        if causal:
+            t = x.shape[1]
+            past = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[None, None]  # [1, 1, T, T]
+            attn_mask = past if attn_mask is None else attn_mask & past
+        x = x + self.pos_conv(x, causal)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)

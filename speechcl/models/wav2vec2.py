@@ -92,6 +92,7 @@ class Wav2Vec2Encoder(nn.Module):
         mask_indices: Tensor | None = None,
         channel_mask: bool = False,
         return_hidden: bool = False,
+        causal: bool = False,
         generator: torch.Generator | None = None,
     ) -> EncoderOutput:
         """Encode ``wav [B, S]`` (16 kHz, float); ``padding_mask [B, S]`` bool, True at padded samples.
@@ -101,6 +102,7 @@ class Wav2Vec2Encoder(nn.Module):
             mask_indices: ``[B, T]`` bool, an explicit time mask (overrides ``mask``).
             channel_mask: apply channel masking with mask_channel_prob/length (fine-tuning, training only).
             return_hidden: collect hidden states (see :class:`EncoderOutput`).
+            causal: the context network sees no future frames (see :class:`ContextNetwork`).
             generator: RNG for masks, layerdrop (must live on ``wav``'s device).
         """
         if wav.dim() != 2:
@@ -141,7 +143,7 @@ class Wav2Vec2Encoder(nn.Module):
             )
             x = x.masked_fill(ch[:, None, :], 0.0)
 
-        x, hidden = self.encoder(x, frame_pad, return_hidden=return_hidden, generator=generator)
+        x, hidden = self.encoder(x, frame_pad, return_hidden=return_hidden, causal=causal, generator=generator)
         return EncoderOutput(x=x, features=unmasked, features_pen=features_pen, padding_mask=frame_pad,
                              mask_indices=mask_indices, hidden_states=hidden)
 
@@ -256,3 +258,14 @@ class Wav2Vec2ForCTC(nn.Module):
             enc = self.encoder(wav, padding_mask, mask=self.training, channel_mask=self.training,
                                generator=generator)
         return self.head(self.final_dropout(enc.x)), enc.lengths
+
+
+def encoder_of(model: nn.Module) -> Wav2Vec2Encoder:
+    """The :class:`Wav2Vec2Encoder` of a speechcl model: the ``encoder`` of a pretraining, CTC or method model
+    (every pretraining objective keeps its shared encoder there), or the encoder itself."""
+    if isinstance(model, Wav2Vec2Encoder):
+        return model
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, Wav2Vec2Encoder):
+        return encoder
+    raise ValueError(f"a {type(model).__name__} has no speechcl encoder; expected a speechcl model (pretraining, CTC, an objective's model or a bare encoder)")

@@ -111,7 +111,7 @@ def _run(args: argparse.Namespace, spec: dict[str, type], runner, find_unused) -
     exp_dir = Path(plain["exp_dir"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from speechcl.training.checkpoints import CheckpointWriteError
-    from speechcl.training.trainer import NonFiniteError
+    from speechcl.training.trainer import CollapseError, NonFiniteError
     from speechcl.utils.signals import EXIT_PREEMPTED, Preempted
 
     try:
@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace, spec: dict[str, type], runner, find_unused) -
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except (ValueError, FileNotFoundError, NonFiniteError, CheckpointWriteError) as err:
+    except (ValueError, FileNotFoundError, NonFiniteError, CollapseError, CheckpointWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
@@ -131,23 +131,28 @@ def _run(args: argparse.Namespace, spec: dict[str, type], runner, find_unused) -
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from speechcl.audio.augment import AugmentConfig
     from speechcl.training.finetune import FinetuneDataConfig, FinetuneModelConfig, run_finetuning
 
     return _run(
-        args, {"model": FinetuneModelConfig, "data": FinetuneDataConfig},
+        args, {"model": FinetuneModelConfig, "data": FinetuneDataConfig, "augment": AugmentConfig},
         lambda p, exp_dir, plain: run_finetuning(p["model"], p["data"], p["optim"], p["schedule"], p["trainer"],
-                                                 exp_dir, run_config=plain),
+                                                 exp_dir, run_config=plain, augment=p["augment"]),
         lambda m: m.layerdrop > 0 or m.freeze_finetune_updates > 0,
     )
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
+    from speechcl.audio.augment import AugmentConfig
     from speechcl.models.config import Wav2Vec2Config
     from speechcl.training.pretrain import DataConfig, LossConfig, run_pretraining
 
-    return _run(
-        args, {"model": Wav2Vec2Config, "data": DataConfig, "loss": LossConfig},
-        lambda p, exp_dir, plain: run_pretraining(p["model"], p["data"], p["optim"], p["schedule"], p["trainer"],
-                                                  p["loss"], exp_dir, run_config=plain),
-        lambda m: m.layerdrop > 0,
-    )
+    def runner(p: dict, exp_dir: Path, plain: dict) -> dict:
+        if (plain.get("objective") or {}).get("name", "wav2vec2") != "wav2vec2":
+            p["trainer"].find_unused_parameters = True  # e.g. mask_emb in the methods that never mask
+        augment = _sections(plain, {"augment": AugmentConfig})["augment"] if "augment" in plain else None
+        return run_pretraining(p["model"], p["data"], p["optim"], p["schedule"], p["trainer"], p["loss"], exp_dir,
+                               run_config=plain, objective=plain.get("objective"), augment=augment)
+
+    return _run(args, {"model": Wav2Vec2Config, "data": DataConfig, "loss": LossConfig}, runner,
+                lambda m: m.layerdrop > 0)

@@ -20,13 +20,14 @@ from torch.nn import functional as F
 
 from speechcl.asr.decode import greedy_decode
 from speechcl.asr.score import score
+from speechcl.audio.augment import AugmentConfig, Augmenter
 from speechcl.data.dataset import AudioDataset
 from speechcl.data.labels import Dictionary, letters_to_words
 from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
 from speechcl.interop.loading import load_model
 from speechcl.models.config import Wav2Vec2Config, preset
-from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, Wav2Vec2ForPretraining
+from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, encoder_of
 from speechcl.training.distributed import cleanup, init_distributed
 from speechcl.training.schedules import ScheduleConfig
 from speechcl.training.trainer import OptimConfig, Task, TaskOutput, TrainerConfig, train
@@ -78,19 +79,30 @@ class FinetuneDataConfig:
 
 
 class CTCTask(Task):
-    """CTC loss for training; greedy decoding with word/character error counts for validation."""
+    """CTC loss for training; greedy decoding with word/character error counts for validation.
 
-    def __init__(self, dictionary: Dictionary, freeze_finetune_updates: int, best_metric: str = "wer") -> None:
+    ``augment`` (optional) transforms training batches in ``forward`` while the model is in training mode,
+    deterministically from ``batch["id"]`` and ``batch["epoch"]``; an identity chain is dropped.
+    """
+
+    def __init__(self, dictionary: Dictionary, freeze_finetune_updates: int, best_metric: str = "wer",
+                 augment: Augmenter | None = None) -> None:
         if best_metric not in ("wer", "cer", "loss"):
             raise ValueError(f"best_metric must be wer, cer or loss, got {best_metric!r}")
         self.dictionary = dictionary
+        self.augment = augment if augment is not None and not augment.identity else None
         self.freeze_finetune_updates = freeze_finetune_updates
         self.best_metric = best_metric
         self.frozen = freeze_finetune_updates > 0
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
-        padding = batch["padding_mask"] if bool(batch["padding_mask"].any()) else None
-        logits, lengths = model(batch["source"], padding, generator=generator, freeze_encoder=self.frozen)
+        source, padding = batch["source"], batch["padding_mask"]
+        if self.augment is not None and model.training:  # training batches only, seeded per item and epoch
+            if "epoch" not in batch:
+                raise ValueError("augmentation needs batch['epoch'] (AudioDataset.collater provides it)")
+            source, padding = self.augment(source, padding, batch["id"], batch["epoch"])
+        padding = padding if padding is not None and bool(padding.any()) else None
+        logits, lengths = model(source, padding, generator=generator, freeze_encoder=self.frozen)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         targets, target_lengths = batch["target"], batch["target_lengths"]
         loss = F.ctc_loss(log_probs.transpose(0, 1), targets.clamp(min=0), lengths, target_lengths,
@@ -137,13 +149,10 @@ def build_ctc_model(cfg: FinetuneModelConfig, vocab_size: int) -> Wav2Vec2ForCTC
                  if f.name not in ("init", "preset", "freeze_finetune_updates")}
     source_encoder: Wav2Vec2Encoder | None = None
     if cfg.init:
-        pretrained = load_model(cfg.init)
-        if isinstance(pretrained, (Wav2Vec2ForPretraining, Wav2Vec2ForCTC)):
-            source_encoder = pretrained.encoder
-        elif isinstance(pretrained, Wav2Vec2Encoder):
-            source_encoder = pretrained
-        else:  # pragma: no cover - load_model returns one of the above
-            raise ValueError(f"{cfg.init}: unsupported model type {type(pretrained).__name__}")
+        try:
+            source_encoder = encoder_of(load_model(cfg.init))
+        except ValueError as err:
+            raise ValueError(f"{cfg.init}: {err}") from None
         base_cfg = source_encoder.cfg
     else:
         base_cfg = preset(cfg.preset)
@@ -176,8 +185,11 @@ def build_labeled_loader(data: FinetuneDataConfig, subset: str, dictionary: Dict
 
 def run_finetuning(model_cfg: FinetuneModelConfig, data: FinetuneDataConfig, optim: OptimConfig,
                    schedule: ScheduleConfig, trainer: TrainerConfig, exp_dir: str | Path,
-                   run_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune with CTC into ``exp_dir`` (resumes automatically); ``best`` is kept by validation WER."""
+                   run_config: dict[str, Any] | None = None, augment: AugmentConfig | None = None
+                   ) -> dict[str, Any]:
+    """Fine-tune with CTC into ``exp_dir`` (resumes automatically); ``best`` is kept by validation WER.
+    ``augment`` transforms the training batches (not validation); None or an empty chain leaves them as they are."""
+    augmenter = Augmenter(augment) if augment is not None else None  # a bad chain fails before any loading
     if not data.manifest_dir:
         raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv/.ltr and dict.ltr.txt")
     dict_path = Path(data.manifest_dir) / f"dict.{data.labels}.txt"
@@ -192,7 +204,7 @@ def run_finetuning(model_cfg: FinetuneModelConfig, data: FinetuneDataConfig, opt
         train_loader = build_labeled_loader(data, data.train_subset, dictionary, True)
         valid_loader = (build_labeled_loader(data, data.valid_subset, dictionary, False)
                         if data.valid_subset else None)
-        task = CTCTask(dictionary, model_cfg.freeze_finetune_updates, data.best_metric)
+        task = CTCTask(dictionary, model_cfg.freeze_finetune_updates, data.best_metric, augment=augmenter)
         extra = {"labels": dictionary.symbols, "normalize": data.normalize}
         return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config,
                      checkpoint_extra=extra)

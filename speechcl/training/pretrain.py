@@ -1,4 +1,5 @@
-"""wav2vec 2.0 pretraining: the task the training loop runs, and the end-to-end entry point."""
+"""Pretraining: the tasks the training loop runs (wav2vec 2.0's, and one for every other objective's
+:class:`~speechcl.methods.Method`), and the end-to-end entry point."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from speechcl.audio.augment import AugmentConfig, Augmenter
 from speechcl.data.dataset import AudioDataset
 from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
+from speechcl.methods import Method, build_method
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechcl.objectives import wav2vec2_loss
 from speechcl.training.distributed import cleanup, init_distributed
 from speechcl.training.schedules import ScheduleConfig
-from speechcl.training.trainer import OptimConfig, Task, TaskOutput, TrainerConfig, train
+from speechcl.training.trainer import CollapseError, OptimConfig, Task, TaskOutput, TrainerConfig, train
 from speechcl.utils.device import resolve_device
 
 
@@ -109,6 +112,40 @@ class PretrainTask(Task):
         return warnings
 
 
+class MethodTask(Task):
+    """The training loop's side of a :class:`~speechcl.methods.Method`: forward, summaries, schedules, the
+    after-step update (EMA, queue, bank) and its collapse guard, with the ``augment`` chain for its views.
+
+    ``method`` is the bare model (the loop may hand :meth:`forward` its DDP wrapper)."""
+
+    def __init__(self, method: Method, augment: Augmenter | None = None) -> None:
+        self.method = method
+        self.augment = augment if augment is not None and not augment.identity else None
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
+        out = model(batch, generator, self.augment)
+        return TaskOutput(loss=out.loss, sample_size=out.sample_size, stats=out.stats)
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return self.method.summarize(sums)
+
+    def valid_score(self, summary: dict[str, float]) -> float:
+        return self.method.valid_score(summary)
+
+    def before_update(self, model: nn.Module, num_updates: int) -> None:
+        self.method.set_num_updates(num_updates)
+
+    def after_update(self, model: nn.Module, num_updates: int) -> None:
+        self.method.after_update(num_updates)
+
+    def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
+        message = self.method.collapse(summary, num_updates)
+        if message:
+            raise CollapseError(f"{self.method.name}: {message} (update {num_updates}); the run stops here, "
+                                "checkpoints/last holds the last saved state")
+        return self.method.check(summary, num_updates)
+
+
 def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: Any = None,
                  shuffle: bool = True) -> ResumableLoader:
     """A resumable loader over ``<manifest_dir>/<subset>.tsv`` (pretraining: no labels, crops)."""
@@ -131,20 +168,37 @@ def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: An
 
 def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimConfig, schedule: ScheduleConfig,
                     trainer: TrainerConfig, loss: LossConfig, exp_dir: str | Path,
-                    run_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pretrain a :class:`Wav2Vec2ForPretraining` on ``data`` into ``exp_dir`` (resumes automatically)."""
+                    run_config: dict[str, Any] | None = None, objective: dict[str, Any] | None = None,
+                    augment: AugmentConfig | None = None) -> dict[str, Any]:
+    """Pretrain on ``data`` into ``exp_dir`` (resumes automatically).
+
+    ``objective`` (``{"name": ..., **settings}``, default wav2vec 2.0) picks the method: ``wav2vec2`` trains a
+    :class:`Wav2Vec2ForPretraining` with ``loss``; any other name a :class:`~speechcl.methods.Method` with its
+    settings, its views drawn through the ``augment`` chain."""
+    objective = dict(objective or {"name": "wav2vec2"})
+    if objective.get("name") == "wav2vec2" and len(objective) > 1:
+        raise ValueError(f"objective=wav2vec2 takes no settings of its own (got {sorted(set(objective) - {'name'})}): "
+                         "its hyperparameters are in model: (masking, quantizer, negatives) and loss:")
     if not data.manifest_dir:
         raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv manifests")
     device = resolve_device(trainer.device, "trainer.device")
     info = init_distributed(device)  # before the samplers: they shard by rank
     try:
-        torch.manual_seed(trainer.seed)
-        model = Wav2Vec2ForPretraining(model_cfg)
-        if model_cfg.feature_grad_mult == 0:
-            model.encoder.feature_extractor.requires_grad_(False)
         train_loader = build_loader(data, data.train_subset, True)
         valid_loader = build_loader(data, data.valid_subset, False) if data.valid_subset else None
-        task = PretrainTask(model_cfg, loss)
+        torch.manual_seed(trainer.seed)
+        model: nn.Module
+        task: Task
+        if objective["name"] == "wav2vec2":
+            model = Wav2Vec2ForPretraining(model_cfg)
+            task = PretrainTask(model_cfg, loss)
+        else:
+            if objective.get("bank_size") == 0:  # a memory bank with one row per training item (PIRL)
+                objective["bank_size"] = len(train_loader.dataset)
+            model = build_method(model_cfg, objective)
+            task = MethodTask(model, Augmenter(augment) if augment is not None and model.uses_augment else None)
+        if model_cfg.feature_grad_mult == 0:
+            model.encoder.feature_extractor.requires_grad_(False)
         return train(model, task, train_loader, valid_loader, exp_dir, trainer, optim, schedule, run_config)
     finally:
         cleanup(info)  # a process exiting with a live gloo group may abort ("terminate called ...")

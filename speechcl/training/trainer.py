@@ -130,7 +130,8 @@ class Task:
         do not call it."""
 
     def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
-        """Warnings about known failure modes, given a logged training summary."""
+        """Warnings about known failure modes, given a logged training summary; raise
+        :class:`CollapseError` to stop the run (every rank sees the same summary)."""
         return []
 
     def state_dict(self) -> dict[str, Any]:
@@ -144,6 +145,10 @@ class Task:
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive updates had a non-finite loss or gradient norm."""
+
+
+class CollapseError(RuntimeError):
+    """The representation collapsed (a task's :meth:`Task.check` says what): training on would waste the run."""
 
 
 class BadDataError(ValueError):
