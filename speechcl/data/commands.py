@@ -4,9 +4,12 @@ Usage::
 
     speechcl synth OUT [--minutes 60] [--speakers 40] [--dev-minutes 5] [--test-minutes 5]
                        [--heldout-speakers 8] [--seed 0] [--train-split train-clean-100] [--workers N]
-                       [--lm-sentences N]
+                       [--lm-sentences N] [--conditions [--condition-minutes M]]
+    speechcl synth OUT --keywords [--per-word 50] [--heldout-per-word N] [--speakers 40]
+                       [--heldout-speakers 8] [--seed 0] [--workers N]
     speechcl prepare librispeech ROOT OUT [--splits S ...] [--subset SPLIT:DURATION ...] [--seed 0]
                                           [--verify] [--min-samples 400] [--workers N]
+    speechcl prepare keywords ROOT OUT [--splits S ...] [--verify] [--min-samples 400] [--workers N]
     speechcl prepare audio DIR OUT [--valid-percent 0.01] [--ext flac,wav,...] [--seed 42] [--verify]
                                    [--min-samples 400] [--workers N]
 """
@@ -16,20 +19,23 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 
 from speechcl.audio.io import AUDIO_EXTENSIONS
+from speechcl.data.keywords import KeywordConfig, synthesize_keywords
 from speechcl.data.prepare import (
     MIN_SAMPLES,
     REPORT_NAME,
     PrepareResult,
     combine_splits,
     prepare_audio,
+    prepare_keywords,
     prepare_librispeech,
 )
 from speechcl.data.subsets import parse_subset_spec
-from speechcl.data.synth import DEFAULT_TRAIN_SPLIT, SynthConfig, synthesize_corpus, write_lm_text
+from speechcl.data.synth import CONDITIONS, DEFAULT_TRAIN_SPLIT, SynthConfig, synthesize_corpus, write_lm_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,8 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth = subparsers.add_parser(
         "synth", help="synthesize a LibriSpeech-layout corpus with espeak-ng",
         description="Write a synthetic corpus in LibriSpeech's layout: a training split and held-out-speaker "
-                    "dev-clean/test-clean splits, spoken by espeak-ng voices. Deterministic for a seed; "
-                    "an interrupted run resumes where it stopped.")
+                    "dev-clean/test-clean splits, spoken by espeak-ng voices, with each chapter's word and phone "
+                    "alignments (<spk>-<chap>.align.tsv, from espeak-ng's synthesis events). --conditions adds "
+                    "condition-shifted test splits; --keywords writes a keyword-spotting corpus instead. "
+                    "Deterministic for a seed; an interrupted run resumes where it stopped.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="condition splits (--conditions; described in OUT/conditions.json):\n"
+               + "\n".join(textwrap.fill(c.description, 100, initial_indent=f"  {c.name:<20} ",
+                                          subsequent_indent=" " * 23) for c in CONDITIONS)
+               + "\n\nkeyword corpus (--keywords): OUT/{train,dev,test}/<label>/<speaker>_<n>.flac, 1 s clips; "
+                 "labels yes no up down\n  left right on off stop go, _unknown_ (other words), _silence_ "
+                 "(noise); training voices for train,\n  unseen voices for dev and test; prepare it with "
+                 "'speechcl prepare keywords OUT DATA'.")
     synth.add_argument("out", metavar="OUT", help="output directory")
     synth.add_argument("--minutes", type=float, default=60.0, help="minutes of training audio (default 60)")
     synth.add_argument("--speakers", type=int, default=40, help="training speakers (default 40)")
@@ -53,15 +69,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--lm-sentences", type=int, default=0, metavar="N",
                        help="also write N sentences of text-only LM training data to OUT/lm-text.txt, from a "
                             "seed no utterance uses (LibriSpeech's LM corpus; default 0: none)")
+    synth.add_argument("--conditions", action="store_true",
+                       help="also write condition-shifted test splits (voices seen/unseen, fast, slow, high pitch, "
+                            "noisy: see below) and OUT/conditions.json")
+    synth.add_argument("--condition-minutes", type=float, default=None, metavar="M",
+                       help="minutes of each condition split (default: --test-minutes)")
+    synth.add_argument("--keywords", action="store_true",
+                       help="write a keyword-spotting corpus (Speech Commands / SUPERB KS layout) instead of "
+                            "sentences; uses --speakers, --heldout-speakers, --seed, --workers")
+    synth.add_argument("--per-word", type=int, default=50, metavar="N",
+                       help="--keywords: training clips per label (default 50)")
+    synth.add_argument("--heldout-per-word", type=int, default=None, metavar="N",
+                       help="--keywords: clips per label in dev and in test (default: half of --per-word)")
     synth.set_defaults(func=run_synth)
 
     prepare = subparsers.add_parser("prepare", help="write manifests and labels for a corpus")
     kinds = prepare.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
 
     libri = kinds.add_parser(
-        "librispeech", help="LibriSpeech (or synthetic) tree -> <split>.tsv/.wrd/.ltr and dict.ltr.txt",
-        description="Prepare a LibriSpeech-layout tree. Bad files are skipped and listed in "
-                    f"OUT/{REPORT_NAME}; exits non-zero only when nothing usable remains.")
+        "librispeech", help="LibriSpeech (or synthetic) tree -> <split>.tsv/.wrd/.ltr/.spk and dict.ltr.txt",
+        description="Prepare a LibriSpeech-layout tree: <split>.tsv/.wrd/.ltr/.spk and dict.ltr.txt; where "
+                    "every utterance of a split has an alignment (speechcl synth's .align.tsv) also "
+                    "<split>.phn, <split>.phn_frames (a phone label per 20 ms model frame) and dict.phn.txt. "
+                    f"Bad files are skipped and listed in OUT/{REPORT_NAME}; exits non-zero only when nothing "
+                    "usable remains.")
     libri.add_argument("root", metavar="ROOT", help="directory holding the split directories")
     libri.add_argument("out", metavar="OUT", help="output directory")
     libri.add_argument("--splits", nargs="+", default=None, help="split names (default: every split under ROOT)")
@@ -71,6 +102,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     libri.add_argument("--seed", type=int, default=0, help="seed of the random subsets (default 0)")
     _add_check_options(libri)
     libri.set_defaults(func=run_prepare_librispeech)
+
+    keywords = kinds.add_parser(
+        "keywords", help="keyword tree <split>/<label>/*.flac -> <split>.tsv/.kw and dict.kw.txt",
+        description="Prepare a keyword-spotting corpus (speechcl synth --keywords): per split a manifest, "
+                    "<split>.kw (the label folder of each clip) and dict.kw.txt (label counts over the training "
+                    f"splits). Bad files are skipped and listed in OUT/{REPORT_NAME}.")
+    keywords.add_argument("root", metavar="ROOT", help="directory holding the split directories")
+    keywords.add_argument("out", metavar="OUT", help="output directory")
+    keywords.add_argument("--splits", nargs="+", default=None, help="split names (default: every split under ROOT)")
+    _add_check_options(keywords)
+    keywords.set_defaults(func=run_prepare_keywords)
 
     audio = kinds.add_parser(
         "audio", help="any audio folder -> train.tsv/valid.tsv (unlabeled)",
@@ -124,9 +166,12 @@ def _user_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 @_user_errors
 def run_synth(args: argparse.Namespace) -> int:
+    if args.keywords:
+        return _run_keywords(args)
     config = SynthConfig(minutes=args.minutes, speakers=args.speakers, dev_minutes=args.dev_minutes,
                          test_minutes=args.test_minutes, heldout_speakers=args.heldout_speakers, seed=args.seed,
-                         train_split=args.train_split)
+                         train_split=args.train_split, conditions=args.conditions,
+                         condition_minutes=args.condition_minutes)
     start = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -148,12 +193,41 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_keywords(args: argparse.Namespace) -> int:
+    if args.conditions or args.lm_sentences:
+        raise ValueError("--keywords makes a keyword corpus; --conditions and --lm-sentences apply to sentence "
+                         "corpora only")
+    config = KeywordConfig(per_word=args.per_word, heldout_per_word=args.heldout_per_word, speakers=args.speakers,
+                           heldout_speakers=args.heldout_speakers, seed=args.seed)
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rsynth: {done}/{total} speakers", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    summary = synthesize_keywords(args.out, config, workers=args.workers,
+                                  progress=progress if sys.stderr.isatty() else None)
+    for split, counts in summary.clips.items():
+        print(f"{split}: {sum(counts.values())} clips, {len(counts)} labels x {max(counts.values())}")
+    if not summary.synthesized_speakers:
+        print(f"{args.out} was complete already ({summary.skipped_speakers} speakers): nothing synthesized")
+    else:
+        print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 @_user_errors
 def run_prepare_librispeech(args: argparse.Namespace) -> int:
     subsets = [parse_subset_spec(s) for s in args.subset]
     result = prepare_librispeech(args.root, args.out, splits=args.splits, subsets=subsets, seed=args.seed,
                                  verify=args.verify, workers=args.workers, progress=sys.stderr.isatty(),
                                  min_samples=args.min_samples)
+    return _summarise(result, args.out, args.verify)
+
+
+@_user_errors
+def run_prepare_keywords(args: argparse.Namespace) -> int:
+    result = prepare_keywords(args.root, args.out, splits=args.splits, verify=args.verify, workers=args.workers,
+                              progress=sys.stderr.isatty(), min_samples=args.min_samples)
     return _summarise(result, args.out, args.verify)
 
 

@@ -9,8 +9,26 @@ such directory under ``root``):
 - ``<split>.wrd`` and ``<split>.ltr``: the transcripts, line ``i`` belonging to manifest item ``i``;
 - ``dict.ltr.txt``: symbol counts over the training splits (names starting with ``train``; all splits
   when none does);
+- ``<split>.spk``: the speaker id of each manifest item (the first field of LibriSpeech's
+  ``<speaker>-<chapter>-<utterance>`` file names);
+- when every utterance of a set has a word/phone alignment (the ``<spk>-<chap>.align.tsv`` files
+  ``speechcl synth`` writes, :mod:`speechcl.data.alignments`): ``<split>.phn``, the spoken phones of
+  each item separated by spaces (no ``sil``), and ``<split>.phn_frames``, one phone label per model
+  frame (``sil`` where no phone; the wav2vec 2.0 frame rate, 320-sample hop and 400-sample receptive
+  field, :func:`speechcl.data.alignments.frame_labels`), so line ``i`` has
+  ``num_frames(num_samples_i)`` labels; and ``dict.phn.txt``, ``SYMBOL COUNT`` lines with the number
+  of frames of each label (``sil`` included) over the training splits, by count descending, phones
+  that cover no frame's centre listed with count 0. A set with alignments for only some utterances
+  gets none of these files (a ``note`` in the report says how many lacked one); stale ``.phn`` /
+  ``.phn_frames`` files from an earlier run are removed;
 - the same three files for the LibriLight sets when ``librispeech_finetuning/`` is present, and for
   each requested random subset, see :mod:`speechcl.data.subsets`.
+
+``prepare_keywords(root, out)`` prepares a keyword-spotting corpus laid out as
+``<split>/<label>/<file>`` (``speechcl synth --keywords``, :mod:`speechcl.data.keywords`; Speech
+Commands' word folders one level down): per split ``<split>.tsv`` (root = ``root``, paths
+``<split>/<label>/<file>``), ``<split>.kw`` (the label of each item, its folder's name) and
+``dict.kw.txt`` (label counts over the training splits).
 
 ``prepare_audio(directory, out)`` writes ``train.tsv`` and ``valid.tsv`` for unlabeled audio: every
 file with one of the given extensions under ``directory`` (by default every format libsndfile reads,
@@ -64,6 +82,7 @@ from speechcl.audio.io import (
     find_audio_files,
     load_audio,
 )
+from speechcl.data.alignments import SIL, Alignment, alignment_path, frame_labels, read_alignments
 from speechcl.data.labels import count_symbols, normalize_transcript, read_lines, words_to_letters, write_dict
 from speechcl.data.manifest import Manifest, combine_manifests, path_problem, read_manifest, write_manifest
 from speechcl.data.subsets import LIBRILIGHT_DIR, LIBRILIGHT_SETS, SubsetSpec, find_librilight, select_subset
@@ -221,6 +240,17 @@ class _Utterance:
     path: str  # absolute
     transcript: str
     num_samples: int
+    alignment: Alignment | None = None
+    frames: list[str] | None = None  # phone label per model frame, from the alignment
+
+    def speaker(self) -> str:
+        return Path(self.path).name.split("-", 1)[0]
+
+    def frame_line(self) -> str:
+        if self.frames is None:
+            assert self.alignment is not None
+            self.frames = frame_labels(self.alignment.phones, self.num_samples)
+        return " ".join(self.frames)
 
 
 @dataclass
@@ -265,12 +295,20 @@ def scan_librispeech_dir(directory: Path, root: Path, label: str, report: list[R
     """Pair every audio file under ``directory`` with its transcript line; problems go to ``report``."""
     transcripts: dict[str, _Line] = {}
     audio: dict[str, str] = {}
+    alignments: dict[str, Alignment] = {}
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if name.endswith(".trans.txt"):
                 transcripts.update(read_transcripts(Path(full), root))
+                aligned = alignment_path(full)
+                if aligned.is_file():
+                    try:
+                        alignments.update(read_alignments(aligned))
+                    except (ValueError, UnicodeDecodeError) as err:
+                        report.append(ReportRow(label, _rel(str(aligned), root), "note",
+                                                _one_line(f"alignments not used: {err}")))
             elif name.rsplit(".", 1)[-1].lower() in AUDIO_EXTENSIONS and not name.startswith("."):
                 audio[name.rsplit(".", 1)[0]] = full
     ids = sorted(audio, key=lambda k: _rel(audio[k], root))
@@ -293,7 +331,8 @@ def scan_librispeech_dir(directory: Path, root: Path, label: str, report: list[R
         elif not normalize_transcript(line.text):
             report.append(ReportRow(label, rel, "skipped", "empty transcript"))
         else:
-            utterances.append(_Utterance(probe.path, normalize_transcript(line.text), probe.num_samples))
+            utterances.append(_Utterance(probe.path, normalize_transcript(line.text), probe.num_samples,
+                                         alignments.get(utt_id)))
     for utt_id, line in sorted(transcripts.items()):
         if utt_id not in audio:
             report.append(ReportRow(label, _rel(str(line.source), root), "skipped",
@@ -301,14 +340,49 @@ def scan_librispeech_dir(directory: Path, root: Path, label: str, report: list[R
     return utterances
 
 
-def _write_labeled_set(out: Path, name: str, root: Path, utterances: Sequence[_Utterance]) -> list[str]:
-    """Write ``name``.{tsv,wrd,ltr}; returns the ``.ltr`` lines."""
+def _write_labeled_set(out: Path, name: str, root: Path, utterances: Sequence[_Utterance],
+                       report: list[ReportRow] | None = None) -> list[str]:
+    """Write ``name``.{tsv,wrd,ltr,spk} and, when every utterance is aligned, ``name``.{phn,phn_frames};
+    returns the ``.ltr`` lines."""
     manifest = Manifest(str(root), [_rel(u.path, root) for u in utterances], [u.num_samples for u in utterances])
     write_manifest(out / f"{name}.tsv", manifest)
     write_lines(out / f"{name}.wrd", [u.transcript for u in utterances])
     letters = [words_to_letters(u.transcript) for u in utterances]
     write_lines(out / f"{name}.ltr", letters)
+    write_lines(out / f"{name}.spk", [u.speaker() for u in utterances])
+    unaligned = sum(u.alignment is None for u in utterances)
+    if unaligned == 0:
+        write_lines(out / f"{name}.phn", [" ".join(u.alignment.phone_sequence()) for u in utterances
+                                           if u.alignment is not None])
+        write_lines(out / f"{name}.phn_frames", [u.frame_line() for u in utterances])
+    else:
+        for ext in PHONE_LABELS:
+            (out / f"{name}.{ext}").unlink(missing_ok=True)
+        if report is not None and unaligned < len(utterances):
+            report.append(ReportRow(name, name, "note", f"{unaligned} of {len(utterances)} utterances have no "
+                                                        "alignment (.align.tsv line); no .phn/.phn_frames written"))
     return letters
+
+
+PHONE_LABELS = ("phn", "phn_frames")
+"""Label files written for aligned sets (module docstring)."""
+
+
+def _write_phone_dict(out: Path, sets: Sequence[Sequence[_Utterance]]) -> None:
+    """``dict.phn.txt``: frame counts per phone label over ``sets`` (the aligned training sets), phones that
+    label no frame with count 0; removed when no set is aligned."""
+    aligned = [utts for utts in sets if utts and all(u.alignment is not None for u in utts)]
+    path = out / "dict.phn.txt"
+    if not aligned:
+        path.unlink(missing_ok=True)
+        return
+    counts = dict(count_symbols(u.frame_line() for utts in aligned for u in utts))
+    for utts in aligned:
+        for u in utts:
+            for phone in u.alignment.phone_sequence() if u.alignment else ():
+                counts.setdefault(phone, 0)
+    counts.setdefault(SIL, 0)
+    write_dict(path, sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits: Sequence[str] | None = None,
@@ -357,7 +431,7 @@ def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits:
         if not utts:
             result.report.append(ReportRow(split, split, "skipped", "no usable utterances; no files written"))
             continue
-        letters[split] = _write_labeled_set(out, split, root, utts)
+        letters[split] = _write_labeled_set(out, split, root, utts, result.report)
         result.items[split] = len(utts)
 
     for spec in subsets:
@@ -370,13 +444,14 @@ def prepare_librispeech(root: str | os.PathLike, out: str | os.PathLike, splits:
         if total < target:
             result.report.append(ReportRow(spec.name, spec.split, "note",
                                            f"split holds only {total / SAMPLE_RATE:.0f} s; subset is the whole split"))
-        _write_labeled_set(out, spec.name, root, [utts[i] for i in chosen])
+        _write_labeled_set(out, spec.name, root, [utts[i] for i in chosen], result.report)
         result.items[spec.name] = len(chosen)
 
     _prepare_librilight(root, out, check, result, letters)
     train = [s for s in letters if s.startswith("train")] or list(letters)
     if letters:
         write_dict(out / "dict.ltr.txt", count_symbols(line for s in train for line in letters[s]))
+    _write_phone_dict(out, [utterances[s] for s in train if s in utterances])
     _write_report(out, result.report)
     return result
 
@@ -399,7 +474,7 @@ def _prepare_librilight(root: Path, out: Path, check: _Check, result: PrepareRes
         # "1h" includes "1h/0": keep each file once, in path order
         unique = {u.path: u for u in utts}
         utts = sorted(unique.values(), key=lambda u: _rel(u.path, root))
-        letters.setdefault(name, _write_labeled_set(out, name, root, utts))
+        letters.setdefault(name, _write_labeled_set(out, name, root, utts, result.report))
         result.items[name] = len(utts)
 
 
@@ -454,6 +529,81 @@ def prepare_audio(directory: str | os.PathLike, out: str | os.PathLike, valid_pe
     for name, items in (("train", train), ("valid", valid)):
         write_manifest(out / f"{name}.tsv", Manifest(str(root), [p for p, _ in items], [n for _, n in items]))
         result.items[name] = len(items)
+    _write_report(out, result.report)
+    return result
+
+
+# ----------------------------------------------------------------------------- keyword spotting
+
+
+def find_keyword_splits(root: str | Path) -> list[str]:
+    """Subdirectories of ``root`` laid out as keyword splits (``<split>/<label>/<audio file>``)."""
+    root = Path(root)
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and any(_has_audio(label) for label in d.iterdir() if not label.name.startswith(".")))
+
+
+def _has_audio(folder: Path) -> bool:
+    """``folder`` is a directory with an audio file directly in it (stops at the first)."""
+    return folder.is_dir() and any(f.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS and not f.name.startswith(".")
+                                   for f in folder.iterdir())
+
+
+def prepare_keywords(root: str | os.PathLike, out: str | os.PathLike, splits: Sequence[str] | None = None,
+                     verify: bool = False, workers: int | None = None, progress: bool = False,
+                     min_samples: int = MIN_SAMPLES) -> PrepareResult:
+    """Write ``<split>.tsv``, ``<split>.kw`` and ``dict.kw.txt`` for a keyword corpus (module docstring).
+
+    Args:
+        root: the directory holding the split directories (``speechcl synth --keywords`` output).
+        out: output directory (created).
+        splits: split directory names; default: every ``<split>/<label>/`` directory with audio under ``root``.
+        verify, workers, progress, min_samples: as for :func:`prepare_librispeech`.
+
+    Raises:
+        ValueError: ``root`` is not a directory, holds no keyword splits, or a requested split is missing.
+    """
+    root = Path(root).resolve()
+    out = Path(out)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory; pass the keyword corpus holding train/, dev/, test/")
+    check = _Check(verify, min_samples, workers, progress)
+    available = find_keyword_splits(root)
+    wanted = list(splits) if splits else available
+    if not wanted:
+        raise ValueError(f"no keyword splits (<split>/<label>/*.flac) under {root}; make one with "
+                         "'speechcl synth OUT --keywords'")
+    missing = [s for s in wanted if s not in available]
+    if missing:
+        raise ValueError(f"split(s) {missing} not found under {root} (or hold no <label>/ folders with audio); "
+                         f"available: {available or 'none'}")
+    out.mkdir(parents=True, exist_ok=True)
+    result = PrepareResult()
+    labels: dict[str, list[str]] = {}
+    for split in wanted:
+        paths = sorted((str(p) for p in find_audio_files(root / split)), key=lambda p: _rel(p, root))
+        items = []
+        for probe in _probe_all(_manifest_safe(paths, root, split, result.report), check, desc=split):
+            rel = _rel(probe.path, root)
+            result.report += [ReportRow(split, rel, action, reason) for action, reason in probe.notes]
+            if probe.num_samples is None:
+                continue
+            parts = Path(rel).parts
+            if len(parts) < 3:
+                result.report.append(ReportRow(split, rel, "skipped", "not in a label folder "
+                                               "(<split>/<label>/<file>); move it into one or remove it"))
+                continue
+            items.append((rel, probe.num_samples, parts[1]))
+        if not items:
+            result.report.append(ReportRow(split, split, "skipped", "no usable clips; no files written"))
+            continue
+        write_manifest(out / f"{split}.tsv", Manifest(str(root), [r for r, _, _ in items], [n for _, n, _ in items]))
+        labels[split] = [label for _, _, label in items]
+        write_lines(out / f"{split}.kw", labels[split])
+        result.items[split] = len(items)
+    train = [s for s in labels if s.startswith("train")] or list(labels)
+    if labels:
+        write_dict(out / "dict.kw.txt", count_symbols(label for s in train for label in labels[s]))
     _write_report(out, result.report)
     return result
 

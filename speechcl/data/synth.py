@@ -4,6 +4,7 @@
 
     OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac   16 kHz mono 16-bit FLAC
     OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt       "<utt-id> TRANSCRIPT" lines
+    OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>.align.tsv       word and phone time alignments
     OUT/SPEAKERS.TXT                                                    LibriSpeech-style speaker table
     OUT/synth.json                                                      the configuration and voices
     OUT/lm-text.txt                        (optional, :func:`write_lm_text`) text-only LM training sentences
@@ -27,6 +28,36 @@ last, atomically), so an interrupted run resumes by skipping complete chapters.
 Audio durations: every chapter synthesizes utterances until it reaches its share of the split's
 minutes, so a split holds its requested duration to within one utterance per chapter.
 
+Alignments: each chapter's ``.align.tsv`` holds every utterance's word and phone segments in samples
+of its FLAC file, taken from espeak-ng's own synthesis events (phoneme starts reported while speaking,
+shifted by the leading pause and mapped from 22050 Hz to 16 kHz); format and labels in
+:mod:`speechcl.data.alignments`. Collecting the events does not change the audio.
+
+Condition-shifted test splits (``conditions=True``, ``speechcl synth --conditions``), for measuring
+dataset bias: a reference split and splits that differ from it in exactly one condition, all in the
+same LibriSpeech layout (with alignments), described in ``OUT/conditions.json``:
+
+=======================  ======================================================================
+split                    what it is
+=======================  ======================================================================
+``test-voices-seen``     the reference: the training speakers (voice, rate, pitch, loudness,
+                         noise floor as in training) reading new sentences
+``test-voices-unseen``   the same sentences read by the held-out test-clean speakers (voices and
+                         prosody never heard in training; dev-clean's when there is no test-clean)
+``test-fast``            the reference at 1.5 times the speaker's rate (about 185-315 words/min;
+                         training 124-210)
+``test-slow``            the reference at 0.65 times the speaker's rate (80-137 words/min)
+``test-high-pitch``      the reference with base pitch mapped from 30-70 to 85-99
+``test-noisy``           the reference plus white Gaussian noise at 10 dB SNR (speech power over
+                         the spoken part; samples clipped to [-1, 1])
+=======================  ======================================================================
+
+Every condition split holds the reference's utterances in the same order: the same sentences, the
+same pauses and noise floor, the same chapter and utterance numbers (``test-voices-unseen``: another
+speaker id), so a test on two of them differs in its one condition only; ``test-noisy`` is the
+reference's audio plus noise, sample for sample. The reference has ``condition_minutes`` of audio
+(default: ``test_minutes``) over all training speakers.
+
 LM text: the counterpart of LibriSpeech's ``librispeech-lm-norm.txt``, sentences of the same generator
 from a seed no chapter uses (chapter seeds are below ``2**31``), so the language model knows the domain
 (grammar, vocabulary, names) but not the dev/test sentences.
@@ -39,14 +70,14 @@ import math
 import multiprocessing as mp
 import os
 import random
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from speechcl.audio.io import SAMPLE_RATE, audio_info, write_audio
-from speechcl.utils.io import write_lines
+from speechcl.utils.io import atomic_write_json, write_lines
 
 ACCENTS: tuple[str, ...] = (
     "en", "en-US", "en-GB-scotland", "en-GB-x-rp", "en-GB-x-gbclan", "en-GB-x-gbcwmd", "en-029", "en-US-nyc",
@@ -60,6 +91,11 @@ FEMALE_VARIANTS: tuple[str, ...] = (
     "f1", "f2", "f3", "f4", "f5", "Annie", "anika", "linda", "steph", "aunty", "Alicia", "Andrea",
     "belinda", "shelby",
 )
+
+RATE_RANGE = (130, 200)
+"""Speakers' speaking rates in words per minute (each utterance then varies it by up to 5%)."""
+PITCH_RANGE = (30, 70)
+"""Speakers' base pitches (espeak-ng's 0-100 scale)."""
 
 DEFAULT_TRAIN_SPLIT = "train-clean-100"
 DEV_SPLIT = "dev-clean"
@@ -79,6 +115,8 @@ class SynthConfig:
         seed: seeds voices, speaker ids and text.
         train_split: name of the training split directory.
         chapter_minutes: the longest chapter; a speaker's audio is cut into chapters of at most this.
+        conditions: also write the condition-shifted test splits (module docstring).
+        condition_minutes: minutes of the reference condition split (None: ``test_minutes``).
     """
 
     minutes: float = 60.0
@@ -89,6 +127,8 @@ class SynthConfig:
     seed: int = 0
     train_split: str = DEFAULT_TRAIN_SPLIT
     chapter_minutes: float = 2.0
+    conditions: bool = False
+    condition_minutes: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("minutes", "dev_minutes", "test_minutes"):
@@ -104,6 +144,24 @@ class SynthConfig:
         if self.speakers + 2 * self.heldout_speakers > len(ACCENTS) * (len(MALE_VARIANTS) + len(FEMALE_VARIANTS)):
             raise ValueError("too many speakers: there are only "
                              f"{len(ACCENTS) * (len(MALE_VARIANTS) + len(FEMALE_VARIANTS))} distinct voices")
+        if self.conditions:
+            if self.minutes <= 0 or (self.test_minutes <= 0 and self.dev_minutes <= 0):
+                raise ValueError("conditions need training speakers (minutes > 0) and held-out ones "
+                                 "(test_minutes or dev_minutes > 0)")
+            if self.reference_minutes() <= 0:
+                raise ValueError(f"condition_minutes must be > 0, got {self.condition_minutes}")
+
+    def reference_minutes(self) -> float:
+        """Minutes of the reference condition split (``condition_minutes``, by default ``test_minutes``)."""
+        return self.test_minutes if self.condition_minutes is None else self.condition_minutes
+
+    def record(self) -> dict:
+        """The configuration as stored in ``synth.json``: the condition fields only when conditions are
+        on, so a corpus made before they existed (or without them) keeps its record."""
+        values = asdict(self)
+        if not self.conditions:
+            del values["conditions"], values["condition_minutes"]
+        return values
 
     def split_plan(self) -> list[tuple[str, float, int]]:
         """``(split, minutes, speakers)`` for each split with minutes > 0."""
@@ -141,13 +199,64 @@ class Speaker:
 
 @dataclass(frozen=True)
 class ChapterTask:
-    """One chapter to synthesize in one worker process."""
+    """One chapter to synthesize in one worker process.
+
+    Attributes:
+        speaker: who speaks (the split is ``speaker.split``).
+        chapter: chapter number.
+        seconds: synthesize generated sentences until the chapter holds this much audio.
+        text_seed: seeds the sentences, the pauses, the rate jitter and the noise.
+        directory: the chapter's directory.
+        texts: speak exactly these sentences instead (a condition split repeating its reference).
+        snr_db: add white noise at this signal-to-noise ratio (a noisy condition split).
+    """
 
     speaker: Speaker
     chapter: int
     seconds: float
     text_seed: int
     directory: str
+    texts: tuple[str, ...] | None = None
+    snr_db: float | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A condition-shifted test split: the reference split's utterances with one thing changed.
+
+    Attributes:
+        name: split name.
+        changes: what differs from the reference: ``"nothing"``, ``"voice"``, ``"rate"``, ``"pitch"``
+            or ``"noise"``.
+        description: one sentence for ``conditions.json``.
+        rate_factor: speaking rate multiplier.
+        pitch_to: base pitch mapped linearly from the training range 30-70 onto this range.
+        heldout_voices: spoken by the held-out speakers instead of the training speakers.
+        snr_db: white Gaussian noise added at this SNR.
+    """
+
+    name: str
+    changes: str
+    description: str
+    rate_factor: float = 1.0
+    pitch_to: tuple[int, int] | None = None
+    heldout_voices: bool = False
+    snr_db: float | None = None
+
+
+REFERENCE_CONDITION = "test-voices-seen"
+CONDITIONS: tuple[Condition, ...] = (
+    Condition(REFERENCE_CONDITION, "nothing", "training speakers as in training, reading new sentences: the reference "
+              "every other condition split differs from in one condition"),
+    Condition("test-voices-unseen", "voice", "the reference's sentences read by held-out speakers (voices and prosody "
+              "never heard in training)", heldout_voices=True),
+    Condition("test-fast", "rate", "the reference at 1.5 times each speaker's rate", rate_factor=1.5),
+    Condition("test-slow", "rate", "the reference at 0.65 times each speaker's rate", rate_factor=0.65),
+    Condition("test-high-pitch", "pitch", "the reference with base pitch mapped from the training range 30-70 to "
+              "85-99", pitch_to=(85, 99)),
+    Condition("test-noisy", "noise", "the reference plus white Gaussian noise at 10 dB SNR (speech power over the "
+              "spoken part; samples clipped to [-1, 1])", snr_db=10.0),
+)
 
 
 @dataclass
@@ -185,8 +294,8 @@ def plan_speakers(config: SynthConfig) -> list[Speaker]:
         for _ in range(count):
             voice, sex = ordered[position]
             speakers.append(Speaker(
-                id=ids[position], split=split, sex=sex, voice=voice, rate=rng.randint(130, 200),
-                pitch=rng.randint(30, 70), pitch_range=rng.randint(20, 80), gain=round(rng.uniform(0.35, 0.9), 3),
+                id=ids[position], split=split, sex=sex, voice=voice, rate=rng.randint(*RATE_RANGE),
+                pitch=rng.randint(*PITCH_RANGE), pitch_range=rng.randint(20, 80), gain=round(rng.uniform(0.35, 0.9), 3),
                 noise=round(rng.uniform(0.0001, 0.0006), 5),
             ))
             position += 1
@@ -214,11 +323,63 @@ def plan_chapters(config: SynthConfig, out: str | os.PathLike) -> list[ChapterTa
     return tasks
 
 
+def plan_condition_chapters(config: SynthConfig, out: str | os.PathLike) -> list[ChapterTask]:
+    """The reference condition split's chapters: every training speaker reads its share of
+    ``config.reference_minutes()``, with chapter numbers and text seeds no other chapter uses (pure)."""
+    main = plan_chapters(config, out)
+    used = {t.chapter for t in main}
+    seeds = {t.text_seed for t in main}
+    rng = random.Random(f"conditions-{config.seed}")
+    train = [s for s in plan_speakers(config) if s.split == config.train_split]
+    seconds = config.reference_minutes() * 60.0 / len(train)
+    num_chapters = max(1, math.ceil(seconds / (config.chapter_minutes * 60.0)))
+    tasks = []
+    for speaker in train:
+        for _ in range(num_chapters):
+            chapter = rng.randrange(1_000, 300_000)
+            while chapter in used:
+                chapter = rng.randrange(1_000, 300_000)
+            used.add(chapter)
+            seed = rng.randrange(2**31)
+            while seed in seeds:
+                seed = rng.randrange(2**31)
+            seeds.add(seed)
+            reference = replace(speaker, split=REFERENCE_CONDITION)
+            directory = os.path.join(str(out), REFERENCE_CONDITION, str(speaker.id), str(chapter))
+            tasks.append(ChapterTask(reference, chapter, seconds / num_chapters, seed, directory))
+    return tasks
+
+
+def heldout_voices(config: SynthConfig) -> list[Speaker]:
+    """The speakers ``test-voices-unseen`` uses: test-clean's, or dev-clean's when there is no test-clean."""
+    speakers = plan_speakers(config)
+    return [s for s in speakers if s.split == TEST_SPLIT] or [s for s in speakers if s.split == DEV_SPLIT]
+
+
+def condition_chapter(reference: ChapterTask, texts: Sequence[str], condition: Condition, speaker_index: int,
+                      heldout: Sequence[Speaker], out: str | os.PathLike) -> ChapterTask:
+    """The chapter of ``condition`` that repeats the reference chapter's sentences ``texts``; the reference
+    speaker is training speaker number ``speaker_index`` and reads as ``heldout[speaker_index % len]``
+    in the unseen-voices split."""
+    speaker = reference.speaker
+    if condition.heldout_voices:
+        speaker = heldout[speaker_index % len(heldout)]
+    speaker = replace(speaker, split=condition.name, rate=round(speaker.rate * condition.rate_factor))
+    if condition.pitch_to is not None:
+        low, high = condition.pitch_to
+        base_low, base_high = PITCH_RANGE
+        speaker = replace(speaker, pitch=low + round((speaker.pitch - base_low) * (high - low) / (base_high - base_low)))
+    directory = os.path.join(str(out), condition.name, str(speaker.id), str(reference.chapter))
+    return ChapterTask(speaker, reference.chapter, 0.0, reference.text_seed, directory, texts=tuple(texts),
+                       snr_db=condition.snr_db)
+
+
 def _synthesize_chapter(task: ChapterTask) -> tuple[str, float, int]:
     """Worker: synthesize one chapter into ``task.directory``; returns ``(split, seconds, utterances)``."""
     import torch
 
     from speechcl.audio.io import resample
+    from speechcl.data.alignments import alignment_from_events, alignment_path, rescale, write_alignments
     from speechcl.data.espeak import Espeak
     from speechcl.data.text import SentenceGenerator
 
@@ -227,13 +388,16 @@ def _synthesize_chapter(task: ChapterTask) -> tuple[str, float, int]:
     texts = SentenceGenerator(task.text_seed)
     jitter = random.Random(task.text_seed + 1)
     noise = np.random.default_rng(task.text_seed + 2)
+    extra_noise = np.random.default_rng(task.text_seed + 3)
     speaker = task.speaker
     os.makedirs(task.directory, exist_ok=True)
     lines, total, number = [], 0.0, 0
-    while total < task.seconds:
-        text = texts.sentence()
+    alignments = []
+    while (total < task.seconds) if task.texts is None else (number < len(task.texts)):
+        text = texts.sentence() if task.texts is None else task.texts[number]
         rate = max(80, round(speaker.rate * jitter.uniform(0.95, 1.05)))
-        raw = engine.synthesize(text, speaker.voice, rate, speaker.pitch, speaker.pitch_range, seed=number)
+        raw, events = engine.synthesize_events(text, speaker.voice, rate, speaker.pitch, speaker.pitch_range,
+                                               seed=number)
         if raw.size == 0:
             raise RuntimeError(f"espeak-ng produced no audio for {text!r} with voice {speaker.voice}")
         wave = torch.from_numpy(raw.astype(np.float32) / 32768.0)
@@ -243,12 +407,21 @@ def _synthesize_chapter(task: ChapterTask) -> tuple[str, float, int]:
         lead, trail = (round(jitter.uniform(0.1, 0.4) * SAMPLE_RATE) for _ in range(2))
         wave = torch.nn.functional.pad(wave, (lead, trail))
         wave = wave + speaker.noise * torch.from_numpy(noise.standard_normal(wave.numel()).astype(np.float32))
+        if task.snr_db is not None:
+            speech = wave[lead:wave.numel() - trail]
+            std = math.sqrt(float(speech.square().mean()) / 10 ** (task.snr_db / 10))
+            wave = wave + std * torch.from_numpy(extra_noise.standard_normal(wave.numel()).astype(np.float32))
+            wave = wave.clamp(-1.0, 1.0)
         utt_id = f"{speaker.id}-{task.chapter}-{number:04d}"
         write_audio(os.path.join(task.directory, f"{utt_id}.flac"), wave, SAMPLE_RATE)
+        alignment = alignment_from_events(events, text, raw.size)
+        alignments.append((utt_id, rescale(alignment, engine.sample_rate, SAMPLE_RATE, lead, wave.numel())))
         lines.append(f"{utt_id} {text}")
         total += wave.numel() / SAMPLE_RATE
         number += 1
-    write_lines(os.path.join(task.directory, f"{speaker.id}-{task.chapter}.trans.txt"), lines)
+    trans = os.path.join(task.directory, f"{speaker.id}-{task.chapter}.trans.txt")
+    write_alignments(alignment_path(trans), alignments)  # before the transcript, which marks the chapter done
+    write_lines(trans, lines)
     return speaker.split, total, number
 
 
@@ -279,44 +452,110 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     speakers = plan_speakers(config)
-    meta = {"config": asdict(config), "speakers": [asdict(s) for s in speakers]}
-    meta_path = out / "synth.json"
-    if meta_path.exists():
-        previous = json.loads(meta_path.read_text(encoding="utf-8"))
-        if previous.get("config") != meta["config"]:
-            raise ValueError(f"{out} holds a corpus synthesized with {previous.get('config')}; "
-                             "use another output directory or delete it to synthesize a different one")
-    else:
-        write_lines(meta_path, [json.dumps(meta, indent=1)])
+    claim_output(out / "synth.json", {"config": config.record(), "speakers": [asdict(s) for s in speakers]},
+                 "a corpus synthesized")
 
     tasks = plan_chapters(config, out)
+    references = plan_condition_chapters(config, out) if config.conditions else []
+    derived = len(references) * (len(CONDITIONS) - 1)
     summary = SynthSummary(speakers=speakers)
     results: list[tuple[str, float, int]] = []
-    todo = []
-    for task in tasks:
-        done = _chapter_on_disk(task)
-        if done is None:
-            todo.append(task)
-        else:
-            results.append(done)
-            summary.skipped_chapters += 1
-    if progress:
-        progress(len(results), len(tasks))
-    summary.synthesized_chapters = len(todo)
-    if todo:
-        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        # a fresh process per chapter: espeak-ng's hidden state must start clean for determinism
-        with mp.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
-            for result in pool.imap_unordered(_synthesize_chapter, todo):
-                results.append(result)
-                if progress:
-                    progress(len(results), len(tasks))
+    total = len(tasks) + len(references) + derived
+
+    def run(chapters: Sequence[ChapterTask]) -> None:
+        todo = []
+        for task in chapters:
+            done = _chapter_on_disk(task)
+            if done is None:
+                todo.append(task)
+            else:
+                results.append(done)
+                summary.skipped_chapters += 1
+        if progress:
+            progress(len(results), total)
+        summary.synthesized_chapters += len(todo)
+        if todo:
+            count = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+            # a fresh process per chapter: espeak-ng's hidden state must start clean for determinism
+            with mp.get_context("fork").Pool(count, maxtasksperchild=1) as pool:
+                for result in pool.imap_unordered(_synthesize_chapter, todo):
+                    results.append(result)
+                    if progress:
+                        progress(len(results), total)
+
+    run(tasks + references)
+    if references:
+        # the other condition splits repeat the reference's sentences, known once it is written
+        heldout = heldout_voices(config)
+        index = {s.id: i for i, s in enumerate(s for s in speakers if s.split == config.train_split)}
+        shifted = []
+        for reference in references:
+            texts = [text for _, text in _read_trans(reference)]
+            shifted += [condition_chapter(reference, texts, condition, index[reference.speaker.id], heldout, out)
+                        for condition in CONDITIONS[1:]]
+        run(shifted)
+        _write_conditions(out / "conditions.json", config, references, shifted)
 
     for split, seconds, count in results:
         summary.seconds[split] = summary.seconds.get(split, 0.0) + seconds
         summary.utterances[split] = summary.utterances.get(split, 0) + count
     _write_speakers_table(out / "SPEAKERS.TXT", speakers, config)
     return summary
+
+
+def claim_output(meta_path: Path, meta: dict, made: str) -> None:
+    """Write ``meta`` (with its ``"config"``) to ``meta_path``, or check that the one there has the same
+    configuration, so that a rerun resumes the same corpus and never mixes two.
+
+    Raises:
+        ValueError: the directory holds output ``made`` (e.g. "a corpus synthesized") with another configuration.
+    """
+    if meta_path.exists():
+        previous = json.loads(meta_path.read_text(encoding="utf-8"))
+        if previous.get("config") != meta["config"]:
+            raise ValueError(f"{meta_path.parent} holds {made} with {previous.get('config')}; "
+                             "use another output directory or delete it to make a different one")
+    else:
+        write_lines(meta_path, [json.dumps(meta, indent=1)])
+
+
+def _read_trans(task: ChapterTask) -> list[tuple[str, str]]:
+    """``(utt_id, text)`` lines of a written chapter."""
+    trans = os.path.join(task.directory, f"{task.speaker.id}-{task.chapter}.trans.txt")
+    with open(trans, encoding="utf-8") as handle:
+        return [tuple(line.rstrip("\n").split(" ", 1)) for line in handle if line.strip()]  # type: ignore[misc]
+
+
+def _write_conditions(path: Path, config: SynthConfig, references: Sequence[ChapterTask],
+                      shifted: Sequence[ChapterTask]) -> None:
+    """``conditions.json``: what each condition split changes, its speakers and its settings."""
+    splits = {}
+    for condition in CONDITIONS:
+        chapters = references if condition.name == REFERENCE_CONDITION else \
+            [t for t in shifted if t.speaker.split == condition.name]
+        entry: dict = {"changes": condition.changes, "description": condition.description,
+                       "speakers": sorted({t.speaker.id for t in chapters}),
+                       "utterances": sum(len(_read_trans(t)) for t in chapters)}
+        if condition.rate_factor != 1.0:
+            entry["rate_factor"] = condition.rate_factor
+        if condition.pitch_to is not None:
+            entry["pitch"] = list(condition.pitch_to)
+        if condition.snr_db is not None:
+            entry["snr_db"] = condition.snr_db
+            entry["noise"] = "white Gaussian"
+        if condition.heldout_voices:
+            entry["voice_of"] = {str(r.speaker.id): t.speaker.id for r, t in
+                                 zip(references, [t for t in shifted if t.speaker.split == condition.name])}
+        splits[condition.name] = entry
+    atomic_write_json(path, {
+        "reference": REFERENCE_CONDITION, "training_split": config.train_split,
+        "reference_minutes": config.reference_minutes(),
+        "training_ranges": {"rate_words_per_minute": list(RATE_RANGE), "rate_jitter_per_utterance": 0.05,
+                            "pitch": list(PITCH_RANGE)},
+        "pairing": "every split holds the reference's utterances in order: same sentences, pauses, noise floor, "
+                   "chapter and utterance numbers; test-voices-unseen has other speaker ids",
+        "splits": splits,
+    })
 
 
 def write_lm_text(out: str | os.PathLike, sentences: int, seed: int = 0) -> Path:
