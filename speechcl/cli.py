@@ -21,6 +21,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "speechcl.training.commands",
     "speechcl.asr.commands",
     "speechcl.bench.commands",
+    "speechcl.analysis.probe_cli",
+    "speechcl.analysis.invariance_cli",
 )
 
 

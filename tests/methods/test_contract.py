@@ -5,6 +5,7 @@ corpus, resumes to the uninterrupted run's weights (teacher, queue and bank incl
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,14 @@ def _pretrain(manifest_dir: Path, exp: Path, name: str, *flags: str, **extra: ob
 
 @pytest.fixture(scope="module", params=NAMES)
 def uninterrupted(request: pytest.FixtureRequest, manifest_dir: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    saved = torch.get_num_threads()  # the learning tests' numbers depend on the thread count: restore it
     torch.set_num_threads(1)
     name = request.param
     exp = tmp_path_factory.mktemp(f"method_{name}")
     assert _pretrain(manifest_dir, exp, name, trainer__save_interval=2) == 0
-    return name, exp
+    yield name, exp
+    torch.set_num_threads(saved)
 
 
 def test_trains_and_logs_from_the_cli(uninterrupted: tuple[str, Path]) -> None:
