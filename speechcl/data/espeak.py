@@ -24,6 +24,8 @@ the random seed before each utterance (see :mod:`speechcl.data.synth`).
 from __future__ import annotations
 
 import ctypes
+import multiprocessing as mp
+import multiprocessing.pool
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,3 +171,12 @@ class Espeak:
         audio = np.frombuffer(b"".join(self._chunks), dtype=np.int16).copy()
         events, self._chunks, self._events = self._events, [], []
         return audio, events
+
+
+def fresh_pool(count: int) -> multiprocessing.pool.Pool:
+    """``count`` workers that run each task in a new process forked from a clean server (``forkserver``):
+    espeak-ng state of the calling process (an engine it used before) never reaches a task, so the audio of
+    a chapter is the same whatever the caller did earlier. The server imports the corpus modules once."""
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["speechcl.data.synth", "speechcl.data.keywords"])
+    return context.Pool(count, maxtasksperchild=1)

@@ -31,7 +31,6 @@ done once ``OUT/.progress/<split>-<speaker>.tsv`` (its clip lines) exists, so an
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import random
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from speechcl.audio.io import SAMPLE_RATE
+from speechcl.data.espeak import fresh_pool
 from speechcl.data.synth import DEV_SPLIT, TEST_SPLIT, Speaker, SynthConfig, claim_output, plan_speakers
 from speechcl.utils.io import write_lines
 
@@ -273,7 +273,7 @@ def synthesize_keywords(out: str | os.PathLike, config: KeywordConfig, workers: 
         progress(done, len(tasks))
     if todo:
         count = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        with mp.get_context("fork").Pool(count, maxtasksperchild=1) as pool:  # fresh espeak-ng state per speaker
+        with fresh_pool(count) as pool:  # fresh espeak-ng state per speaker
             for _ in pool.imap_unordered(_synthesize_speaker, todo):
                 done += 1
                 if progress:

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -77,6 +76,7 @@ from pathlib import Path
 import numpy as np
 
 from speechcl.audio.io import SAMPLE_RATE, audio_info, write_audio
+from speechcl.data.espeak import fresh_pool
 from speechcl.utils.io import atomic_write_json, write_lines
 
 ACCENTS: tuple[str, ...] = (
@@ -477,7 +477,7 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
         if todo:
             count = max(1, min(workers or os.cpu_count() or 1, len(todo)))
             # a fresh process per chapter: espeak-ng's hidden state must start clean for determinism
-            with mp.get_context("fork").Pool(count, maxtasksperchild=1) as pool:
+            with fresh_pool(count) as pool:
                 for result in pool.imap_unordered(_synthesize_chapter, todo):
                     results.append(result)
                     if progress:
