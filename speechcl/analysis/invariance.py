@@ -49,7 +49,7 @@ from tqdm import tqdm
 from speechcl.analysis.cka import LinearCKA
 from speechcl.audio.augment.chain import TRANSFORMS, Augmenter, time_map
 from speechcl.audio.io import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, load_audio, pad_batch
-from speechcl.utils.io import atomic_save, atomic_write_json, atomic_write_text
+from speechcl.utils.io import write_report
 
 IDENTITY = "identity"
 ALIGNMENTS = ("linear", "nearest")
@@ -628,9 +628,4 @@ def heatmap_png(result: InvarianceResult) -> bytes:
 
 def write_outputs(result: InvarianceResult, output: str | os.PathLike) -> None:
     """``results.json``, ``results.md`` and ``invariance_heatmap.png`` in ``output`` (each atomically)."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    png = heatmap_png(result)
-    atomic_save(output / "invariance_heatmap.png", lambda p: p.write_bytes(png))
-    atomic_write_text(output / "results.md", markdown_table(result))
-    atomic_write_json(output / "results.json", result.to_dict())
+    write_report(output, result.to_dict(), markdown_table(result), "invariance_heatmap.png", heatmap_png(result))

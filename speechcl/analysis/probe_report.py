@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from speechcl.utils.io import atomic_save, atomic_write_json, atomic_write_text
+from speechcl.utils.io import write_report
 
 if TYPE_CHECKING:
     from speechcl.analysis.probe import ProbeResult
@@ -72,9 +72,4 @@ def plot_png(result: ProbeResult) -> bytes:
 
 def write_outputs(result: ProbeResult, output: str | os.PathLike) -> None:
     """``results.json``, ``results.md`` and ``<task>_layers.png`` in ``output`` (each atomically)."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    png = plot_png(result)
-    atomic_save(output / f"{result.task}_layers.png", lambda p: p.write_bytes(png))
-    atomic_write_text(output / "results.md", markdown_table(result))
-    atomic_write_json(output / "results.json", result.to_dict())
+    write_report(output, result.to_dict(), markdown_table(result), f"{result.task}_layers.png", plot_png(result))

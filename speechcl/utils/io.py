@@ -112,3 +112,13 @@ def atomic_save(target: str | os.PathLike[str], writer: Callable[[Path], None]) 
     """Call ``writer(tmp_path)`` and move the result into place atomically."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def write_report(output: str | os.PathLike[str], results: Any, markdown: str, plot_name: str, png: bytes) -> None:
+    """An analysis result in folder ``output``: ``results.json`` (``results``), ``results.md`` and the plot
+    ``plot_name`` (PNG bytes), each written atomically; the plot first, the JSON that marks it done last."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_save(output / plot_name, lambda p: p.write_bytes(png))
+    atomic_write_text(output / "results.md", markdown)
+    atomic_write_json(output / "results.json", results)

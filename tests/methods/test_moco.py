@@ -12,7 +12,7 @@ from speechcl.methods.moco import MoCo, MoCoConfig, random_segments
 from speechcl.objectives.moco import moco_loss
 from speechcl.training.pretrain import MethodTask
 from speechcl.training.trainer import CollapseError
-from tests.methods.ddp_helpers import after_update_on_ranks, in_process_all_gather
+from tests.methods.helpers import after_update_on_ranks, in_process_all_gather, random_batch, seeded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,20 +22,9 @@ def _model(**cfg: object) -> MoCo:
     return MoCo(speechcl.preset("tiny"), MoCoConfig(**({"queue_size": 8} | cfg)))
 
 
-def _batch(ids: list[int], seed: int, samples: int = 18000) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"id": torch.tensor(ids), "epoch": torch.zeros(len(ids), dtype=torch.long),
-            "source": torch.randn(len(ids), samples, generator=g) * 0.1,
-            "padding_mask": torch.zeros(len(ids), samples, dtype=torch.bool)}
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def test_queue_is_fifo_and_wraps_around() -> None:
     model = _model(queue_size=5)
-    keys = torch.randn(8, 128, generator=_gen(0))
+    keys = torch.randn(8, 128, generator=seeded(0))
     model.enqueue(keys[:3], torch.tensor([10, 11, 12]), num_updates=1)
     assert int(model.queue_ptr) == 3 and int(model.queue_fill) == 3
     assert model.queue_ids.tolist() == [10, 11, 12, -1, -1]
@@ -82,9 +71,9 @@ def test_heads_and_temperatures_of_the_versions() -> None:
 def test_keys_carry_no_gradient_and_ignore_dropout() -> None:
     model = _model().train()
     assert not model.key_encoder.training and model.encoder.training
-    batch = _batch([0, 1, 2], seed=1)
+    batch = random_batch([0, 1, 2], seed=1)
     model.enqueue(torch.nn.functional.normalize(torch.randn(4, 128), dim=-1), torch.tensor([7, 8, 9, 10]), 0)
-    out = model(batch, _gen(5))
+    out = model(batch, seeded(5))
     out.loss.backward()
     assert all(p.grad is None for p in model.key_encoder.parameters())
     assert all(p.grad is None for p in model.key_head.parameters())
@@ -98,14 +87,14 @@ def test_keys_carry_no_gradient_and_ignore_dropout() -> None:
 def test_micro_batches_see_the_queue_before_the_update_and_enqueue_after() -> None:
     model = _model().train()
     model.set_num_updates(0)
-    first = model(_batch([0, 1, 2], seed=1), _gen(1))
-    second = model(_batch([3, 4], seed=2), _gen(2))
+    first = model(random_batch([0, 1, 2], seed=1), seeded(1))
+    second = model(random_batch([3, 4], seed=2), seeded(2))
     assert first.stats["negatives_sum"] == 0 and second.stats["negatives_sum"] == 0  # queue still empty
     assert int(model.queue_fill) == 0
     model.after_update(1)
     assert model.queue_ids.tolist()[:5] == [0, 1, 2, 3, 4] and int(model.queue_fill) == 5
     model.set_num_updates(3)
-    out = model(_batch([5, 6], seed=3), _gen(3))
+    out = model(random_batch([5, 6], seed=3), seeded(3))
     assert out.stats["negatives_sum"] == 2 * 5
     assert out.stats["staleness_sum"] == pytest.approx(2.0)  # enqueued after update 1, now 3 done
     assert model.summarize(out.stats)["queue_fill"] == pytest.approx(5 / 8)
@@ -113,10 +102,10 @@ def test_micro_batches_see_the_queue_before_the_update_and_enqueue_after() -> No
 
 def test_the_queued_keys_are_the_key_encoders() -> None:
     model = _model().train()
-    batch = _batch([0, 1], seed=4)
-    g = _gen(9)
+    batch = random_batch([0, 1], seed=4)
+    g = seeded(9)
     model(batch, g)
-    g = _gen(9)
+    g = seeded(9)
     random_segments(batch["source"], None, 16000, g)  # view 0
     view1, mask1 = random_segments(batch["source"], None, 16000, g)
     model.after_update(1)  # momentum update: the key encoder moves only by (1 - m) × 0 (same weights)
@@ -126,31 +115,31 @@ def test_the_queued_keys_are_the_key_encoders() -> None:
 def test_negatives_exclude_empty_slots_and_the_querys_own_item() -> None:
     model = _model().train()
     model.enqueue(torch.nn.functional.normalize(torch.randn(3, 128), dim=-1), torch.tensor([1, 5, 6]), 0)
-    batch = _batch([0, 1], seed=6)
-    out = model(batch, _gen(2))
+    batch = random_batch([0, 1], seed=6)
+    out = model(batch, seeded(2))
     assert out.stats["negatives_sum"] == 3 + 2  # item 1 does not see its own queued key
     assert out.stats["chance_sum"] == pytest.approx(1 / 4 + 1 / 3)
     model.method_cfg.exclude_same_item = False
-    assert model(batch, _gen(2)).stats["negatives_sum"] == 6
+    assert model(batch, seeded(2)).stats["negatives_sum"] == 6
 
 
 def test_loss_is_the_objective_of_the_query_and_key() -> None:
     model = _model().eval()
     model.enqueue(torch.nn.functional.normalize(torch.randn(4, 128), dim=-1), torch.tensor([7, 8, 9, 10]), 0)
-    batch = _batch([0, 1, 2], seed=7)
-    out = model(batch, _gen(3))
-    g = _gen(3)
+    batch = random_batch([0, 1, 2], seed=7)
+    out = model(batch, seeded(3))
+    g = seeded(3)
     v0, m0 = random_segments(batch["source"], None, 16000, g)
     v1, m1 = random_segments(batch["source"], None, 16000, g)
     expected = moco_loss(model._query(v0, m0, g), model._key(v1, m1), model.queue[:4], 0.2)
     torch.testing.assert_close(out.loss, expected.loss)
     sym = _model(symmetric=True).eval()
-    assert sym(batch, _gen(3)).sample_size == 6
+    assert sym(batch, seeded(3)).sample_size == 6
 
 
 def test_validation_does_not_enqueue() -> None:
     model = _model().eval()
-    model(_batch([0, 1, 2], seed=1), _gen(1))
+    model(random_batch([0, 1, 2], seed=1), seeded(1))
     model.after_update(1)
     assert int(model.queue_fill) == 0 and model.queue_ids.tolist() == [-1] * 8
 
@@ -158,16 +147,16 @@ def test_validation_does_not_enqueue() -> None:
 def test_a_skipped_update_drops_its_keys() -> None:
     model = _model().train()
     model.set_num_updates(0)
-    model(_batch([0, 1, 2], seed=1), _gen(1))  # this update turns out non-finite: no after_update
+    model(random_batch([0, 1, 2], seed=1), seeded(1))  # this update turns out non-finite: no after_update
     model.set_num_updates(0)
-    model(_batch([3], seed=2), _gen(2))
+    model(random_batch([3], seed=2), seeded(2))
     model.after_update(1)
     assert model.queue_ids.tolist()[:2] == [3, -1]
 
 
 def test_a_stand_in_batch_enqueues_nothing() -> None:
     model = _model().train()
-    model(_batch([0, 1], seed=1) | {"stand_in": True}, _gen(1))
+    model(random_batch([0, 1], seed=1) | {"stand_in": True}, seeded(1))
     assert len(model._stash) == 1 and model._stash[0][0].shape[0] == 0
     model.after_update(1)
     assert int(model.queue_fill) == 0
@@ -177,15 +166,15 @@ def test_random_segments() -> None:
     wave = torch.arange(2 * 100, dtype=torch.float32).reshape(2, 100)
     pad = torch.zeros(2, 100, dtype=torch.bool)
     pad[1, 30:] = True
-    out, mask = random_segments(wave, pad, 40, _gen(0))
+    out, mask = random_segments(wave, pad, 40, seeded(0))
     assert out.shape == (2, 40)
     start = int(out[0, 0])
     assert torch.equal(out[0], wave[0, start:start + 40]) and 0 <= start <= 60
     assert torch.equal(out[1, :30], wave[1, :30]) and bool(mask[1, 30:].all()) and not bool(mask[1, :30].any())
     assert float(out[1, 30:].abs().sum()) == 0.0 and not bool(mask[0].any())
-    again, _ = random_segments(wave, pad, 40, _gen(0))
+    again, _ = random_segments(wave, pad, 40, seeded(0))
     assert torch.equal(out, again)
-    starts = {int(random_segments(wave[:1], None, 40, _gen(s))[0][0, 0]) for s in range(200)}
+    starts = {int(random_segments(wave[:1], None, 40, seeded(s))[0][0, 0]) for s in range(200)}
     assert min(starts) == 0 and max(starts) == 60  # every start is reachable
 
 
@@ -194,10 +183,10 @@ def test_ddp_enqueue_equals_one_process_with_update_freq(monkeypatch: pytest.Mon
                                                          freq: int) -> None:
     # global batch j of an update = micro-batch j of one process with update_freq = world·freq; under DDP it is
     # micro-batch j // world of rank j % world (the trainer's position · world + rank)
-    batches = [_batch([10 * j, 10 * j + 1, 10 * j + 2][: 2 + j % 2], seed=j) for j in range(world * freq)]
+    batches = [random_batch([10 * j, 10 * j + 1, 10 * j + 2][: 2 + j % 2], seed=j) for j in range(world * freq)]
     single = _model(queue_size=16).train()
     for j, batch in enumerate(batches):
-        single(batch, _gen(j))
+        single(batch, seeded(j))
     single.after_update(1)
 
     local, gather = in_process_all_gather(world)
@@ -206,7 +195,7 @@ def test_ddp_enqueue_equals_one_process_with_update_freq(monkeypatch: pytest.Mon
     for rank, model in enumerate(ranks):
         for f in range(freq):
             j = f * world + rank
-            model(batches[j], _gen(j))
+            model(batches[j], seeded(j))
 
     after_update_on_ranks(ranks, local, 1)
     for model in ranks:

@@ -1,4 +1,5 @@
-"""Rank simulation for the methods' DDP logic: ``gather_rows`` across threads, one thread per rank."""
+"""Helpers of the method tests: small random batches, seeded generators, and rank simulation for the methods'
+DDP logic (``gather_rows`` across threads, one thread per rank)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from collections.abc import Callable, Sequence
 import torch
 
 from speechcl.methods.base import Method
+
+
+def random_batch(ids: list[int], seed: int, samples: int = 18000) -> dict[str, torch.Tensor]:
+    """A collater-shaped batch of noise for items ``ids`` (epoch 0, nothing padded)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"id": torch.tensor(ids), "epoch": torch.zeros(len(ids), dtype=torch.long),
+            "source": torch.randn(len(ids), samples, generator=g) * 0.1,
+            "padding_mask": torch.zeros(len(ids), samples, dtype=torch.bool)}
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def in_process_all_gather(world: int) -> tuple[threading.local, Callable[[torch.Tensor], torch.Tensor]]:
