@@ -62,10 +62,16 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """Loop settings. ``max_update`` bounds the run; ``max_epoch`` (0 = unbounded) too."""
+    """Loop settings. ``max_update`` bounds the run; ``max_epoch`` and ``max_minutes`` (0 = unbounded) too.
+
+    ``max_minutes`` is a budget of training wall time, counted over every resumed part of the run (validation
+    included): the run ends after the update during which it ran out, on every rank at the same update. The
+    learning-rate schedule still spans ``max_update``, so set both when comparing runs by time.
+    """
 
     max_update: int = 400_000
     max_epoch: int = 0
+    max_minutes: float = 0.0
     update_freq: int = 1  # gradient accumulation (micro-batches per update and rank)
     seed: int = 1
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where the hardware has it
@@ -283,13 +289,14 @@ def train(
             train_loader.set_epoch(progress.epoch)
             for group in _groups(train_loader, cfg.update_freq):
                 step = _train_step(run, group, progress, stop=preemption.requested())
+                progress.out_of_time = step.out_of_time
                 if step.updated:  # (a non-finite update changed nothing: nothing to log, validate or save)
                     progress.num_updates += 1
                     lr = run.scheduler.step()
                     task.after_update(model, progress.num_updates)
                     run.logger.progress(progress.num_updates)
                     window.add(_reduce_stats(step.stats, run.info, run.device), step.grad_norm)
-                    done = progress.num_updates >= cfg.max_update
+                    done = progress.num_updates >= cfg.max_update or progress.out_of_time
                     if _every(cfg.log_interval, progress.num_updates) or done:
                         _log_train(run, progress, window, lr)
                         window = _Window()
@@ -303,15 +310,15 @@ def train(
                     raise Preempted(f"stopped by {preemption.name or 'a signal on another rank'} at update "
                                     f"{progress.num_updates}; checkpoints/last holds it: rerun the same "
                                     "command to resume", preemption.signum)
-                if progress.num_updates >= cfg.max_update:
+                if progress.num_updates >= cfg.max_update or progress.out_of_time:
                     break
-            if progress.num_updates < cfg.max_update:  # the epoch ran out before the updates did
+            if progress.num_updates < cfg.max_update and not progress.out_of_time:  # the epoch ran out first
                 progress.epoch += 1
 
         last_valid = _validate(run, progress)
         if last_valid is None or not last_valid["improved"]:
-            if progress.num_updates < cfg.max_update:  # stopped by max_epoch: the last updates are not saved yet
-                _save(run, progress)
+            if progress.num_updates < cfg.max_update and not progress.out_of_time:
+                _save(run, progress)  # stopped by max_epoch: the last updates are not saved yet
     result = {"num_updates": progress.num_updates, "epoch": progress.epoch,
               "nonfinite_skipped": progress.nonfinite_skipped, "valid": last_valid,
               "train_seconds": progress.seconds(), "best": progress.best}
@@ -332,9 +339,14 @@ class Progress:
     previous_seconds: float = 0.0  # training wall time of earlier (interrupted) runs
     bad_items: dict[str, str] = field(default_factory=dict)  # training files that could not be read -> why
     started: float = field(default_factory=time.perf_counter)
+    out_of_time: bool = False  # max_minutes was reached (agreed across ranks; not saved: derived on resume)
 
     def seconds(self) -> float:
         return self.previous_seconds + time.perf_counter() - self.started
+
+
+def _over_budget(seconds: float, cfg: TrainerConfig) -> bool:
+    return cfg.max_minutes > 0 and seconds >= cfg.max_minutes * 60.0
 
 
 @dataclass
@@ -370,6 +382,7 @@ class _Step:
     stats: dict[str, float]
     grad_norm: float
     stop: bool
+    out_of_time: bool = False  # the time budget ran out on some rank (every rank gets the same answer)
 
 
 class _Window:
@@ -384,7 +397,8 @@ class _Window:
 
 
 def _more_to_do(progress: Progress, cfg: TrainerConfig) -> bool:
-    return progress.num_updates < cfg.max_update and (cfg.max_epoch <= 0 or progress.epoch < cfg.max_epoch)
+    return (progress.num_updates < cfg.max_update and (cfg.max_epoch <= 0 or progress.epoch < cfg.max_epoch)
+            and not progress.out_of_time)
 
 
 def _every(interval: int, num_updates: int) -> bool:
@@ -438,6 +452,7 @@ def _resume(run: _Run) -> Progress:
                             nonfinite_skipped=int(state["nonfinite_skipped"]),
                             previous_seconds=float(state.get("train_seconds", 0.0)),
                             bad_items=dict(state.get("bad_items", {})))
+        progress.out_of_time = _over_budget(progress.previous_seconds, run.cfg)  # the same on every rank
         # continue the epoch the sampler was in (state["epoch"] is already past it when a run ended by
         # max_epoch), or the next one when it was saved on that epoch's last batch
         loader_state = run.train_loader.state_dict()
@@ -494,8 +509,9 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
         _merge(stats, {"audio_seconds": 0.0 if batch.get("stand_in")
                        else float((~batch["padding_mask"]).sum()) / 16000.0})
     new_bad = [(path, reason) for _, path, reason in bad if path not in progress.bad_items]
-    totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum), float(len(new_bad)), float(stop)],
-                                         dtype=torch.float64, device=device), info)
+    out_of_time = _over_budget(progress.seconds(), run.cfg)
+    totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum), float(len(new_bad)), float(stop),
+                                          float(out_of_time)], dtype=torch.float64, device=device), info)
     if totals[2] > 0:
         _record_bad_items(run, progress, all_gather_objects(new_bad, info))
     grad_norm = _normalise_and_clip(run, total_size=float(totals[0]))
@@ -511,7 +527,8 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
     run.optimizer.zero_grad(set_to_none=True)
     if not finite:
         run.scheduler.apply()
-    return _Step(updated=finite, stats=stats, grad_norm=grad_norm, stop=bool(totals[3] > 0))
+    return _Step(updated=finite, stats=stats, grad_norm=grad_norm, stop=bool(totals[3] > 0),
+                 out_of_time=bool(totals[4] > 0))
 
 
 def _stand_in(run: _Run, position: int) -> dict[str, Any]:

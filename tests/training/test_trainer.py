@@ -278,3 +278,18 @@ def test_rerun_of_a_finished_run_changes_nothing_and_a_lost_final_validation_is_
     again = run()
     assert (tmp_path / "log.jsonl").read_text().splitlines()[-1] == lines[-1].rstrip("\n")
     assert again["valid"] == first["valid"]
+
+
+def test_time_budget_ends_the_run_and_a_larger_budget_resumes_it_exactly(
+        manifest_dir: Path, tmp_path: Path, reference: tuple[Path, Recorder]) -> None:
+    ref_exp, ref = reference
+    result, first = _run(manifest_dir, tmp_path, max_update=6, max_minutes=1e-9)  # spent before update 1 ends
+    assert result["num_updates"] == 1 and len(first.ids) == 1
+    assert read_state(tmp_path / "checkpoints" / "last")["num_updates"] == 1
+    result, again = _run(manifest_dir, tmp_path, seed=99, max_update=6, max_minutes=1e-9)
+    assert result["num_updates"] == 1 and again.ids == []  # the budget is spent: a rerun does nothing
+    result, resumed = _run(manifest_dir, tmp_path, seed=99, max_update=6, max_minutes=0.0)
+    assert result["num_updates"] == 6 and resumed.ids == ref.ids[1:]
+    diff = max_abs_diff(read_weights(tmp_path / "checkpoints" / "last"),
+                        read_weights(ref_exp / "checkpoints" / "last"))
+    assert diff == 0.0, f"max abs difference {diff:.3g}"
