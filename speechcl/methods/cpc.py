@@ -31,7 +31,6 @@ from torch.nn import functional as F
 
 from speechcl.methods.base import Method, MethodOutput, embedding_std
 from speechcl.models.config import Wav2Vec2Config
-from speechcl.models.wav2vec2 import FeaturesOutput
 from speechcl.objectives.cpc import cpc_loss
 from speechcl.objectives.wav2vec import (
     NEGATIVE_SCOPES,
@@ -138,6 +137,7 @@ class FuturePrediction(Method):
         if m.conv_dim < 0:
             raise ValueError(f"objective.conv_dim must be >= 0 (0: the feature width), got {m.conv_dim}")
         c = cfg.conv_out_dim
+        self.encoder.causal = True  # extraction (speechcl extract, probes, s3prl) sees what training saw
         self.aggregator: CausalConvAggregator | None = None
         context_dim = cfg.encoder_embed_dim
         if m.aggregator == "conv":
@@ -151,13 +151,6 @@ class FuturePrediction(Method):
         nn.init.normal_(self.predictor.weight, std=1.0 / math.sqrt(context_dim * c))
         if self.predictor.bias is not None:
             nn.init.zeros_(self.predictor.bias)
-
-    @torch.no_grad()
-    def extract_features(self, wav: Tensor, padding_mask: Tensor | None = None) -> FeaturesOutput:
-        """The encoder's hidden states for ``wav [B, S]`` with the causal context network of training (see
-        :meth:`~speechcl.models.wav2vec2.Wav2Vec2Encoder.extract_features` for the order)."""
-        out = self.encoder(wav, padding_mask, return_hidden=True, causal=True)
-        return FeaturesOutput(hidden_states=out.hidden_states, lengths=out.lengths, last_hidden_state=out.x)
 
     def predict(self, wav: Tensor, padding_mask: Tensor | None, generator: torch.Generator | None) -> Prediction:
         """Scores of every valid pair of ``wav [B, S]`` (``padding_mask [B, S]`` True at padding), with

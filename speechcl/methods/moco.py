@@ -203,7 +203,8 @@ class MoCo(Method):
         if self.training:  # enqueued after the step; a DDP stand-in batch: an empty entry (ranks gather alike)
             rows = slice(0, 0) if batch.get("stand_in") else slice(None)
             self._stash.append((k.detach()[rows], q_ids[rows]))
-        return MethodOutput(loss=out.loss, sample_size=q.shape[0], stats=self._stats(out, q, k, valid, fill))
+        stats = self._stats(out, q, k, valid, fill) | in_batch_stats(q, k, blocks=len(pairs))
+        return MethodOutput(loss=out.loss, sample_size=q.shape[0], stats=stats)
 
     def _stats(self, out: MoCoLoss, q: Tensor, k: Tensor, valid: Tensor | None, fill: int) -> dict[str, float]:
         n = q.shape[0]
@@ -241,6 +242,10 @@ class MoCo(Method):
             "z_std": ratio("z_std_sum", "z_std_count"),  # of the unit queries (~1/√dim when spread, 0 collapsed)
             "queue_fill": sums.get("queue_fill_sum", 0.0) / batches,
             "staleness": ratio("staleness_sum", "staleness_count"),  # mean age (updates) of the queued keys
+            # the query's own key ranked first among the keys of its micro-batch (chance 1/B): the queue's keys
+            # are older than the positive, so ``accuracy`` alone can rise on staleness without learning
+            "batch_accuracy": ratio("batch_correct", "batch_queries"),
+            "batch_chance": ratio("batch_chance_sum", "batch_queries"),
             "momentum": self.momentum,
             "temperature": self.temperature,
             "queries": n,
@@ -301,3 +306,16 @@ class MoCo(Method):
                     f"({summary.get('chance', float('nan')):.4f}); lower optim.lr or objective.momentum (0.99), or raise "
                     "objective.temperature")
         return None
+
+
+def in_batch_stats(q: Tensor, k: Tensor, blocks: int = 1) -> dict[str, float]:
+    """How often each query's own key is the most similar among the keys of its micro-batch, free of the
+    queue's staleness: ``q, k [blocks·B, D]`` unit rows in ``blocks`` aligned blocks (query ``i`` of a block and
+    key ``i`` of the same block are a pair). Sums ``batch_correct``, ``batch_chance_sum`` (``1/B`` per query) and
+    ``batch_queries``; nothing when ``B < 2``."""
+    n = q.shape[0] // blocks
+    if n < 2:
+        return {}
+    sims = torch.einsum("aid,ajd->aij", q.detach().float().reshape(blocks, n, -1), k.detach().float().reshape(blocks, n, -1))
+    hits = sims.argmax(-1) == torch.arange(n, device=q.device)
+    return {"batch_correct": float(hits.sum()), "batch_chance_sum": float(blocks), "batch_queries": float(blocks * n)}

@@ -48,12 +48,17 @@ class Wav2Vec2Encoder(nn.Module):
     """Waveform → contextual representations: feature encoder, LayerNorm, projection, masking, transformer.
 
     Parameter names follow fairseq (``feature_extractor``, ``layer_norm``, ``post_extract_proj``,
-    ``mask_emb``, ``encoder``) so checkpoints map one-to-one.
+    ``mask_emb``, ``encoder``) so checkpoints map one-to-one. ``causal`` (an attribute, not saved: the objective
+    that trains the encoder sets it when it is built, so :func:`speechcl.load_model` restores it) makes every
+    call without an explicit ``causal=`` run the context network causally, extraction included.
     """
+
+    causal: bool
 
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
         self.cfg = cfg
+        self.causal = False
         self.feature_extractor = FeatureEncoder(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         c = cfg.conv_out_dim
         self.layer_norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
@@ -92,7 +97,7 @@ class Wav2Vec2Encoder(nn.Module):
         mask_indices: Tensor | None = None,
         channel_mask: bool = False,
         return_hidden: bool = False,
-        causal: bool = False,
+        causal: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> EncoderOutput:
         """Encode ``wav [B, S]`` (16 kHz, float); ``padding_mask [B, S]`` bool, True at padded samples.
@@ -102,7 +107,8 @@ class Wav2Vec2Encoder(nn.Module):
             mask_indices: ``[B, T]`` bool, an explicit time mask (overrides ``mask``).
             channel_mask: apply channel masking with mask_channel_prob/length (fine-tuning, training only).
             return_hidden: collect hidden states (see :class:`EncoderOutput`).
-            causal: the context network sees no future frames (see :class:`ContextNetwork`).
+            causal: the context network sees no future frames (see :class:`ContextNetwork`); ``None``: the
+                encoder's :attr:`causal` (False unless a causal objective such as CPC built it).
             generator: RNG for masks, layerdrop (must live on ``wav``'s device).
         """
         if wav.dim() != 2:
@@ -143,6 +149,7 @@ class Wav2Vec2Encoder(nn.Module):
             )
             x = x.masked_fill(ch[:, None, :], 0.0)
 
+        causal = self.causal if causal is None else causal
         x, hidden = self.encoder(x, frame_pad, return_hidden=return_hidden, causal=causal, generator=generator)
         return EncoderOutput(x=x, features=unmasked, features_pen=features_pen, padding_mask=frame_pad,
                              mask_indices=mask_indices, hidden_states=hidden)

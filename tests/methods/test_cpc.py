@@ -11,10 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import speechcl
 from speechcl.methods import METHODS, build_method
 from speechcl.methods.cpc import CPC, FuturePrediction, Wav2Vec
 from speechcl.models.config import preset
 from speechcl.models.feature_encoder import conv_geometry
+from speechcl.models.wav2vec2 import encoder_of
 from speechcl.objectives.wav2vec import FuturePairs, future_logits
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "objective"
@@ -65,16 +67,20 @@ def test_context_and_pairs_do_not_see_the_future(name: str, aggregator: str, one
     assert not torch.allclose(loss_a[~early], loss_b[~early], atol=1e-3)
 
 
-def test_extract_features_is_causal_as_in_training(one_thread: None) -> None:
-    model = _method("cpc")
+def test_extract_features_is_causal_as_in_training(one_thread: None, tmp_path) -> None:
+    model = _method("cpc").eval()
     hop, field = conv_geometry(model.cfg.conv_layers)
     wav = torch.randn(1, 16000)
     later = wav.clone()
     later[:, 20 * hop + field:] += 1.0
-    a, b = model.extract_features(wav), model.extract_features(later)
-    assert len(a.hidden_states) == model.cfg.encoder_layers + 1
-    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
-        torch.testing.assert_close(x[:, :21], y[:, :21], rtol=0, atol=1e-5)
+    # the model itself, and the bare encoder a loaded checkpoint gives the extractor, probes and s3prl wrapper
+    loaded = encoder_of(speechcl.load_model(speechcl.save_checkpoint(model, tmp_path / "cpc"))).eval()
+    for extract in (model.extract_features, loaded.extract_features):
+        a, b = extract(wav), extract(later)
+        assert len(a.hidden_states) == model.cfg.encoder_layers + 1
+        for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+            torch.testing.assert_close(x[:, :21], y[:, :21], rtol=0, atol=1e-5)
+        torch.testing.assert_close(a.hidden_states[-1], model.extract_features(wav).hidden_states[-1])
 
 
 def _row_pairs(pairs: FuturePairs, row: int, t: int) -> FuturePairs:

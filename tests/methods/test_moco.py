@@ -215,3 +215,19 @@ def test_collapse_guard_stops_the_run() -> None:
     assert task.check(summary | {"z_std": float("nan")}, 500) == []
     assert task.check(summary | {"accuracy": 0.5}, 500) == []  # a narrow cone that still ranks its keys first
     assert task.check(summary | {"z_std": 0.08, "accuracy": 0.15}, 1000)  # near chance: a warning
+
+
+def test_in_batch_accuracy_counts_own_key_first_among_the_batch_keys() -> None:
+    from speechcl.methods.moco import in_batch_stats
+
+    q = torch.nn.functional.normalize(torch.randn(2 * 5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    same = in_batch_stats(q, q, blocks=2)  # every query's own key is itself: all first
+    assert same == {"batch_correct": 10.0, "batch_chance_sum": 2.0, "batch_queries": 10.0}
+    shifted = torch.cat([q[:5].roll(1, 0), q[5:].roll(1, 0)])  # each query's key is another query's vector
+    assert in_batch_stats(q, shifted, blocks=2)["batch_correct"] == 0.0
+    # blocks (the symmetric loss's two directions) are scored apart: with both blocks the same vectors, a
+    # query of block 2 would tie with block 1's copy of its key (argmax takes the first) if they were mixed
+    twice = torch.cat([q[:5], q[:5]])
+    assert in_batch_stats(twice, twice, blocks=2)["batch_correct"] == 10.0
+    assert in_batch_stats(twice, twice, blocks=1)["batch_correct"] == 5.0
+    assert in_batch_stats(q[:1], q[:1]) == {}
