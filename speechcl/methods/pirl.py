@@ -77,7 +77,7 @@ class PIRLConfig:
     bank_momentum: float = 0.5  # paper: m_I ← 0.5 m_I + 0.5 f(v_I)
     loss: str = "nce"  # paper: binary NCE; "infonce": softmax cross-entropy over the same 1 + N candidates
     nce_normalize: bool = True  # Z from the first batch (Wu et al. 2018, VISSL's PIRL); False: Z = 1 as printed
-    collapse_std: float = 0.01  # stop when z_std (about 1/sqrt(proj_dim) = 0.088 spread) falls below this ...
+    collapse_std: float = 0.01  # stop when z_std (about 1/sqrt(proj_dim) = 0.088 spread) falls below this at chance ...
     collapse_after: int = 200  # ... after this many updates
 
     def __post_init__(self) -> None:
@@ -351,9 +351,13 @@ class PIRL(Method):
         c = self.method_cfg
         if num_updates < c.collapse_after:
             return None
+        # as MoCo's guard: a narrow cone that still ranks the item's own bank row first is not a collapse
         low = min(summary.get("z_std", 1.0), summary.get("z_std_t", 1.0))
-        if low < c.collapse_std:
-            return (f"embedding std {low:.4g} < objective.collapse_std={c.collapse_std}: f and g map every utterance "
-                    "to nearly the same vector; lower optim.lr or raise objective.temperature")
+        chance = summary.get("chance", 1.0)
+        best = max(summary.get("accuracy", 0.0), summary.get("accuracy_f", 0.0))
+        if low < c.collapse_std and best <= 2.0 * chance:
+            return (f"embedding std {low:.4g} < objective.collapse_std={c.collapse_std} with accuracy {best:.4g} "
+                    f"within 2x chance ({chance:.4g}): f and g map every utterance to nearly the same vector; lower "
+                    "optim.lr or raise objective.temperature")
         return None
 

@@ -214,8 +214,11 @@ def test_ddp_bank_writes_equal_one_process_with_update_freq(monkeypatch: pytest.
 def test_collapse_guard_stops_the_run() -> None:
     model = _model()
     task = MethodTask(model)
-    summary = {"z_std": 0.001, "z_std_t": 0.08, "accuracy": 0.5, "chance": 1 / 17}
+    summary = {"z_std": 0.001, "z_std_t": 0.08, "accuracy": 0.1, "accuracy_f": 0.0, "chance": 1 / 17}
     assert task.check(summary, 199) == []
+    # a narrow cone whose views still find their own bank row (either view above 2x chance) trains on
+    assert task.check(summary | {"accuracy": 0.2}, 300) == []
+    assert task.check(summary | {"accuracy_f": 0.2}, 300) == []
     with pytest.raises(CollapseError, match="embedding std"):
         task.check(summary, 200)
     with pytest.raises(CollapseError, match="embedding std"):
