@@ -81,7 +81,8 @@ def _save_config(cfg: object, plain: dict, exp_dir: Path, allow_change: bool) ->
         exp_dir.mkdir(parents=True, exist_ok=True)
     diff = record_config(exp_dir, OmegaConf.to_yaml(cfg), plain, allow_change=allow_change, write=main)
     if diff and main:
-        print("warning: resuming with a changed config (--allow-config-change):\n" + "\n".join(diff), file=sys.stderr)
+        print(f"warning: resuming with a changed config (recorded in {exp_dir / 'config_history'}):\n"
+              + "\n".join(diff), file=sys.stderr)
 
 
 def _sections(plain: dict, spec: dict[str, type]) -> dict[str, object]:

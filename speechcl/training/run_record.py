@@ -5,7 +5,10 @@ A run's folder keeps the resolved config it was started with and every config it
 config (``000.yaml`` is the original). Resuming a run — its folder has ``checkpoints/last`` — with a
 config that differs from the saved one is refused with a readable diff unless the change is allowed
 explicitly (``--allow-config-change``); then the new config is added to the history, so nothing of the
-original record is lost.
+original record is lost. Two kinds of change need no permission, because they leave the trajectory alone
+(both are still recorded in the history): a stopping rule that is not part of any schedule
+(:data:`STOPPING_KEYS`: extend a time budget or an epoch limit), and keys the saved config lacks (a newer
+speechcl's settings, whose defaults keep the old behaviour).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from typing import Any
 from speechcl.utils.io import atomic_write_text
 
 HISTORY = "config_history"
+STOPPING_KEYS = frozenset({"trainer.max_minutes", "trainer.max_epoch"})
+"""Where a run stops, and nothing else: a resume may change them freely (``max_update`` also sets the
+learning-rate schedule, so it is not one of them)."""
 
 
 class ConfigChangedError(ValueError):
@@ -37,11 +43,15 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """One line per changed, added or removed key: ``key: old -> new``."""
+def config_diff(old: dict[str, Any], new: dict[str, Any], *, benign: bool | None = None) -> list[str]:
+    """One line per changed, added or removed key: ``key: old -> new``. ``benign=True`` keeps only the
+    changes a resume may make without permission (see the module docstring), ``False`` only the others."""
     a, b = flatten(old), flatten(new)
     lines = []
     for key in sorted(set(a) | set(b)):
+        free = key not in a or key in STOPPING_KEYS
+        if benign is not None and free != benign:
+            continue
         if key not in b:
             lines.append(f"  {key}: {a[key]!r} -> (removed)")
         elif key not in a:
@@ -79,16 +89,18 @@ def record_config(exp_dir: str | os.PathLike, config_yaml: str, config: dict[str
         The diff lines against the saved config (empty when unchanged or new).
 
     Raises:
-        ConfigChangedError: the run resumes (``checkpoints/last`` exists), the config changed and
-            ``allow_change`` is False. Nothing is written then.
+        ConfigChangedError: the run resumes (``checkpoints/last`` exists), the config changed in more than
+            its stopping rule or new keys, and ``allow_change`` is False. Nothing is written then.
     """
     exp_dir = Path(exp_dir)
     current, history = exp_dir / "config.yaml", exp_dir / HISTORY
-    diff = config_diff(_read_yaml(current), config) if current.exists() else []
+    saved = _read_yaml(current) if current.exists() else {}
+    diff = config_diff(saved, config) if current.exists() else []
+    blocking = config_diff(saved, config, benign=False) if current.exists() else []
     resuming = (exp_dir / "checkpoints" / "last").exists()
-    if diff and resuming and not allow_change:
+    if blocking and resuming and not allow_change:
         raise ConfigChangedError(
-            f"{exp_dir} holds a run saved with another config; resuming it would change:\n" + "\n".join(diff)
+            f"{exp_dir} holds a run saved with another config; resuming it would change:\n" + "\n".join(blocking)
             + f"\nrerun with the saved settings (see {current}), use another exp_dir for a new run, or pass "
             "--allow-config-change to resume with the new config (the old one stays in "
             f"{history})"

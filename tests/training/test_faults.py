@@ -158,6 +158,26 @@ def test_changed_config_on_resume_is_refused_with_a_diff(manifest_dir: Path, tmp
     assert "max_update: 2" in (exp / "config.yaml").read_text()
     assert "# resumed with these changes" in (exp / "config_history" / "001.yaml").read_text()
 
+    # a stopping rule outside every schedule resumes without permission, and is recorded
+    budget = [*first, "trainer.max_update=2", "trainer.max_minutes=60", "trainer.max_epoch=9"]
+    assert run_pretrain_verb(budget) == 0
+    err = capsys.readouterr().err
+    assert "trainer.max_minutes: 0 -> 60" in err and "trainer.max_epoch: 0 -> 9" in err
+    assert "# trainer.max_minutes: 0 -> 60" in (exp / "config_history" / "002.yaml").read_text()
+
+
+def test_keys_a_newer_version_adds_do_not_block_a_resume() -> None:
+    from speechcl.training.run_record import config_diff
+
+    old = {"trainer": {"max_update": 4, "max_minutes": 0}, "optim": {"lr": 1e-3}}
+    new = {"trainer": {"max_update": 4, "max_minutes": 30, "compile": False}, "optim": {"lr": 1e-3}}
+    assert config_diff(old, new, benign=False) == []
+    assert config_diff(old, new, benign=True) == ["  trainer.compile: (new) -> False", "  trainer.max_minutes: 0 -> 30"]
+    assert config_diff(old, new) == config_diff(old, new, benign=True)
+    # what changes the trajectory still blocks: the LR schedule's length, a removed key
+    assert config_diff(old, {"trainer": {"max_update": 8, "max_minutes": 0}}, benign=False) == [
+        "  optim.lr: 0.001 -> (removed)", "  trainer.max_update: 4 -> 8"]
+
 
 def _logged_step(exp: Path) -> int:
     try:
