@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # Modules that contribute verbs, in the order they appear in ``speechcl --help``.
 _COMMAND_MODULES: tuple[str, ...] = (
     "speechcl.data.commands",
+    "speechcl.cluster.commands",
     "speechcl.features.commands",
     "speechcl.interop.commands",
     "speechcl.training.commands",

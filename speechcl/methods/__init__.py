@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from speechcl.methods.base import Method, MethodOutput
+from speechcl.methods.bestrq import BestRQ
+from speechcl.methods.byol import BYOL
 from speechcl.methods.cpc import CPC, Wav2Vec
+from speechcl.methods.data2vec import Data2Vec
+from speechcl.methods.hubert import Hubert
 from speechcl.methods.moco import MoCo
 from speechcl.methods.pirl import PIRL
 from speechcl.methods.simclr import SimCLR
@@ -18,7 +22,11 @@ from speechcl.models.config import Wav2Vec2Config
 from speechcl.utils.config import to_dataclass
 
 METHODS: dict[str, type[Method]] = {
+    "bestrq": BestRQ,
+    "byol": BYOL,
     "cpc": CPC,
+    "data2vec": Data2Vec,
+    "hubert": Hubert,
     "moco": MoCo,
     "pirl": PIRL,
     "simclr": SimCLR,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from speechcl.audio.augment import AugmentConfig, Augmenter
 from speechcl.data.dataset import AudioDataset
+from speechcl.data.frame_labels import check_label_geometry, info_path, labels_path, read_label_info
 from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
 from speechcl.methods import Method, build_method
@@ -48,6 +49,9 @@ class DataConfig:
     pad: bool = False  # pad batches instead of cropping every item to the batch's shortest
     num_workers: int = 2
     seed: int = 1
+    # frame labels <manifest_dir>/<subset>.<frame_labels> of `speechcl cluster` in each batch's "labels"
+    # (objective=hubert); None: none. Crop offsets are then multiples of the 320-sample frame stride
+    frame_labels: str | None = None
 
 
 class PretrainTask(Task):
@@ -147,17 +151,26 @@ class MethodTask(Task):
 
 
 def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: Any = None,
-                 shuffle: bool = True) -> ResumableLoader:
-    """A resumable loader over ``<manifest_dir>/<subset>.tsv`` (pretraining: no labels, crops)."""
+                 shuffle: bool = True, conv_layers: Any = None) -> ResumableLoader:
+    """A resumable loader over ``<manifest_dir>/<subset>.tsv`` (pretraining: no labels, crops), with the frame
+    labels ``<subset>.<data.frame_labels>`` when set (``conv_layers``: the model config's, their frame formula)."""
     manifest = Path(data.manifest_dir) / f"{subset}.tsv"
     if not manifest.exists():
         raise FileNotFoundError(
             f"manifest {manifest} not found: run `speechcl prepare` first or set data.manifest_dir / "
             f"data.{'train' if train_split else 'valid'}_subset"
         )
+    frame_labels: dict[str, Any] = {}
+    if data.frame_labels:
+        if conv_layers is None:
+            raise ValueError("data.frame_labels needs the model's conv_layers (their frame formula)")
+        check_label_geometry(read_label_info(data.manifest_dir, data.frame_labels), conv_layers,
+                             str(info_path(data.manifest_dir, data.frame_labels)))
+        frame_labels = {"frame_label_path": labels_path(data.manifest_dir, subset, data.frame_labels),
+                        "conv_layers": conv_layers}
     dataset = AudioDataset.from_files(
         manifest, max_sample_size=data.max_sample_size, min_sample_size=data.min_sample_size, pad=data.pad,
-        normalize=data.normalize, random_crop=train_split, seed=data.seed,
+        normalize=data.normalize, random_crop=train_split, seed=data.seed, **frame_labels,
     )
     if len(dataset) == 0:
         raise ValueError(f"{manifest}: no utterance is at least data.min_sample_size={data.min_sample_size} samples")
@@ -184,8 +197,9 @@ def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimCon
     device = resolve_device(trainer.device, "trainer.device")
     info = init_distributed(device)  # before the samplers: they shard by rank
     try:
-        train_loader = build_loader(data, data.train_subset, True)
-        valid_loader = build_loader(data, data.valid_subset, False) if data.valid_subset else None
+        conv = model_cfg.conv_layers
+        train_loader = build_loader(data, data.train_subset, True, conv_layers=conv)
+        valid_loader = build_loader(data, data.valid_subset, False, conv_layers=conv) if data.valid_subset else None
         torch.manual_seed(trainer.seed)
         model: nn.Module
         task: Task
@@ -195,6 +209,8 @@ def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimCon
         else:
             if objective.get("bank_size") == 0:  # a memory bank with one row per training item (PIRL)
                 objective["bank_size"] = len(train_loader.dataset)
+            if objective.get("num_classes") == 0 and data.frame_labels:  # k-means labels (HuBERT): their K
+                objective["num_classes"] = read_label_info(data.manifest_dir, data.frame_labels)["num_clusters"]
             model = build_method(model_cfg, objective)
             task = MethodTask(model, Augmenter(augment) if augment is not None and model.uses_augment else None)
         if model_cfg.feature_grad_mult == 0:

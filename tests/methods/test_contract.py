@@ -19,12 +19,38 @@ from tests.interop.cli_helper import run_verb
 from tests.training.helpers import max_abs_diff, overrides, read_weights, run_pretrain_verb
 
 NAMES = sorted(METHODS)
+LABELLED = {"hubert"}  # methods that train on `speechcl cluster` frame labels (their yaml sets data.frame_labels=km)
 
 
 def _pretrain(manifest_dir: Path, exp: Path, name: str, *flags: str, **extra: object) -> int:
     settings = {"trainer__max_update": 4, "trainer__precision": "fp32"} | extra
     return run_pretrain_verb(["--config-name", "pretrain_cpu", *flags, f"objective={name}",
                               *overrides(manifest_dir, exp, **settings)])
+
+
+@pytest.fixture(scope="module")
+def labelled_dir(manifest_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session corpus with k-means frame labels <split>.km beside its manifests (MFCC, 8 clusters)."""
+    import shutil
+
+    from threadpoolctl import threadpool_limits
+
+    from speechcl.cluster import KMeansConfig, MfccFeatures, cluster_manifests
+    from speechcl.models.config import preset
+    from tests.training.helpers import TRAIN, VALID
+
+    out = tmp_path_factory.mktemp("labelled")
+    for path in manifest_dir.iterdir():
+        if path.is_file():
+            shutil.copy(path, out / path.name)
+    with threadpool_limits(1):
+        cluster_manifests(out, [TRAIN, VALID], MfccFeatures(preset("tiny").conv_layers), KMeansConfig(8, n_init=2),
+                          "km", progress=False)
+    return out
+
+
+def _data_dir(name: str, manifest_dir: Path, request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue("labelled_dir") if name in LABELLED else manifest_dir
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -34,7 +60,7 @@ def uninterrupted(request: pytest.FixtureRequest, manifest_dir: Path,
     torch.set_num_threads(1)
     name = request.param
     exp = tmp_path_factory.mktemp(f"method_{name}")
-    assert _pretrain(manifest_dir, exp, name, trainer__save_interval=2) == 0
+    assert _pretrain(_data_dir(name, manifest_dir, request), exp, name, trainer__save_interval=2) == 0
     yield name, exp
     torch.set_num_threads(saved)
 
@@ -50,10 +76,11 @@ def test_trains_and_logs_from_the_cli(uninterrupted: tuple[str, Path]) -> None:
 
 
 def test_resumed_run_equals_the_uninterrupted_one(uninterrupted: tuple[str, Path], manifest_dir: Path,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, request: pytest.FixtureRequest) -> None:
     name, exp = uninterrupted
-    assert _pretrain(manifest_dir, tmp_path, name, trainer__max_update=2, trainer__save_interval=2) == 0
-    assert _pretrain(manifest_dir, tmp_path, name, "--allow-config-change") == 0
+    data = _data_dir(name, manifest_dir, request)
+    assert _pretrain(data, tmp_path, name, trainer__max_update=2, trainer__save_interval=2) == 0
+    assert _pretrain(data, tmp_path, name, "--allow-config-change") == 0
     assert max_abs_diff(read_weights(exp / "checkpoints" / "last"), read_weights(tmp_path / "checkpoints" / "last")) == 0
 
 
