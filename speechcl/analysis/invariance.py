@@ -27,12 +27,19 @@ model fed per-utterance normalised audio (``normalize=True``, as LARGE LV-60 mod
 (1 up to float rounding). Babble mixes the next ``speakers`` input files (cyclically) into each file and
 needs at least two files.
 
+Where labels exist, how much each probe's score drops under ``t`` (``InvarianceConfig.probes``, ``--probe
+TASK``): the heads ``speechcl probe`` trains on the clean training split are scored on the test split and on
+its transformed copies, frame labels carried through the same time map
+(:mod:`speechcl.analysis.probe_invariance`); ``identity`` drops exactly 0. Without an ``input``, cosine and CKA
+are measured on the probes' test utterances, from the same cached clean and transformed features.
+
 Outputs (:func:`write_outputs`, each atomic): ``results.json``, ``results.md`` (one table per measure:
-layers × transformations) and ``invariance_heatmap.png``.
+layers × transformations, and one per probe: heads × transformations) and ``invariance_heatmap.png``.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import os
@@ -40,7 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -50,6 +57,9 @@ from speechcl.analysis.cka import LinearCKA
 from speechcl.audio.augment.chain import TRANSFORMS, Augmenter, time_map
 from speechcl.audio.io import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, load_audio, pad_batch
 from speechcl.utils.io import write_report
+
+if TYPE_CHECKING:
+    from speechcl.analysis.probe import ProbeConfig
 
 IDENTITY = "identity"
 ALIGNMENTS = ("linear", "nearest")
@@ -298,6 +308,56 @@ class InvarianceTables:
     files: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
 
+    def add(self, label: str, similarity: SimilarityAccumulator) -> None:
+        """Record transformation ``label``'s accumulated measures."""
+        layers = len(self.layers)
+        self.cosine[label], self.cka[label] = similarity.cosine(layers), similarity.cka(layers)
+        self.files[label], self.frames[label] = similarity.files, similarity.frames
+
+
+NO_COMMON_FRAMES = "no frames in common after the time map"
+
+
+class SimilarityAccumulator:
+    """Frame-aligned cosine and linear CKA of one transformation, accumulated file by file (module docstring).
+
+    Args:
+        hop, receptive_field: the frame geometry in samples (wav2vec 2.0: 320, 400).
+        alignment: ``"linear"`` or ``"nearest"``.
+    """
+
+    def __init__(self, hop: int, receptive_field: int, alignment: str = "linear") -> None:
+        self.hop, self.receptive_field, self.alignment = hop, receptive_field, alignment
+        self.files = self.frames = 0
+        self._cka: list[LinearCKA] = []
+        self._cosine: Tensor | None = None
+
+    def add(self, hx: Tensor, ht: Tensor, scale: float, offset: float) -> bool:
+        """Compare ``h(x)`` ``[layers, T_x, D]`` with ``h(t(x))`` ``[layers, T_t, D]`` (time map ``scale``,
+        ``offset``); ``False`` (nothing added) when no frame of ``t(x)`` falls inside ``x``."""
+        aligned = align_frames(ht.shape[-2], hx.shape[-2], scale, offset, self.hop, self.receptive_field,
+                               self.alignment)
+        if len(aligned) == 0:
+            return False
+        x, y = aligned.reference(hx), aligned.targets(ht)  # [layers, N, D] each
+        if self._cosine is None:
+            self._cka = [LinearCKA(x.shape[-1], y.shape[-1]) for _ in range(x.shape[0])]
+            self._cosine = torch.zeros(x.shape[0], dtype=torch.float64)
+        self._cosine += frame_cosine(x, y).mean(dim=-1)
+        for layer, acc in enumerate(self._cka):
+            acc.update(x[layer], y[layer])
+        self.files += 1
+        self.frames += len(aligned)
+        return True
+
+    def cosine(self, layers: int) -> list[float]:
+        """Mean over files of the mean cosine over aligned frames, per hidden state (NaN before any file)."""
+        return (self._cosine / self.files).tolist() if self._cosine is not None else [math.nan] * layers
+
+    def cka(self, layers: int) -> list[float]:
+        """Linear CKA over the aligned frames of all files, per hidden state (NaN before any file)."""
+        return [acc.value() for acc in self._cka] if self._cka else [math.nan] * layers
+
 
 def _babble_others(t: Transformation, waves: Sequence[Tensor], index: int) -> list[Tensor]:
     if t.name != "babble":
@@ -355,9 +415,7 @@ def measure_invariance(encode: Encode, waves: Sequence[Tensor], transformations:
               dynamic_ncols=True) as bar:
         for t in transformations:
             bar.set_description(f"invariance {t.label}")
-            accumulators: list[LinearCKA] = []
-            cos_sum: Tensor | None = None
-            files = frames = 0
+            similarity = SimilarityAccumulator(hop, receptive_field, alignment)
             if t.name == "babble" and len(waves) < 2:
                 tables.skipped.append({"file": "*", "transform": t.label,
                                        "reason": "babble needs at least 2 input files (the others are its talkers)"})
@@ -380,25 +438,9 @@ def measure_invariance(encode: Encode, waves: Sequence[Tensor], transformations:
                         except ValueError as err:
                             tables.skipped.append({"file": keys[i], "transform": t.label, "reason": str(err)})
                             continue
-                    aligned = align_frames(ht.shape[-2], hx.shape[-2], scale, offset, hop, receptive_field,
-                                           alignment)
-                    if len(aligned) == 0:
-                        tables.skipped.append({"file": keys[i], "transform": t.label,
-                                               "reason": "no frames in common after the time map"})
-                        continue
-                    x, y = aligned.reference(hx), aligned.targets(ht)  # [layers, N, D] each
-                    if not accumulators:
-                        accumulators = [LinearCKA(x.shape[-1], y.shape[-1]) for _ in range(x.shape[0])]
-                        cos_sum = torch.zeros(x.shape[0], dtype=torch.float64)
-                    cos_sum += frame_cosine(x, y).mean(dim=-1)
-                    for layer, acc in enumerate(accumulators):
-                        acc.update(x[layer], y[layer])
-                    files += 1
-                    frames += len(aligned)
-            layers = len(tables.layers)
-            tables.cosine[t.label] = (cos_sum / files).tolist() if files else [math.nan] * layers
-            tables.cka[t.label] = [acc.value() for acc in accumulators] if files else [math.nan] * layers
-            tables.files[t.label], tables.frames[t.label] = files, frames
+                    if not similarity.add(hx, ht, scale, offset):
+                        tables.skipped.append({"file": keys[i], "transform": t.label, "reason": NO_COMMON_FRAMES})
+            tables.add(t.label, similarity)
     if not tables.layers:  # every transformation was skipped: still say which hidden states there are
         first = next((h for i in range(len(waves)) if (h := reference(i)) is not None), None)
         tables.layers = [] if first is None else list(range(first.shape[0]))
@@ -421,8 +463,12 @@ class InvarianceConfig:
     Args:
         model: a path :func:`speechcl.load_model` accepts (any pretraining objective, CTC, transformers, fairseq).
         input: an audio file, a folder (recursively), a ``.tsv`` manifest or a ``wav.scp``
-            (:func:`speechcl.features.inputs.discover_inputs`).
+            (:func:`speechcl.features.inputs.discover_inputs`); ``None`` with ``probes``: the similarity is
+            measured on the probes' test utterances, from the probes' own cached features.
         output: the output directory.
+        probes: probes whose score drop under each transformation is measured
+            (:mod:`speechcl.analysis.probe_invariance`); they share ``model``, ``output``, the manifest
+            directory and the test split. Each trains its heads with its own settings and seed.
         transforms: tokens for :func:`resolve_transformations` (``None``: the default set).
         max_files: analyse at most this many inputs, a seeded random subset kept in listing order.
         device: where the model runs.
@@ -436,9 +482,10 @@ class InvarianceConfig:
     """
 
     model: str
-    input: str
+    input: str | None
     output: str
     transforms: Sequence[str] | None = None
+    probes: Sequence[ProbeConfig] = ()
     max_files: int | None = None
     device: str | torch.device = "cpu"
     seed: int = 0
@@ -454,7 +501,8 @@ class InvarianceConfig:
 @dataclass
 class InvarianceResult:
     """What ``results.json`` holds: ``cosine[l][label]`` and ``cka[l][label]`` for hidden state ``layers[l]``
-    (``None`` where nothing could be compared)."""
+    (``None`` where nothing could be compared), and per probe its clean score, its score under each
+    transformation and the drop (:class:`~speechcl.analysis.probe_invariance.ProbeDrop`)."""
 
     model: str
     inputs: dict[str, Any]
@@ -466,6 +514,7 @@ class InvarianceResult:
     files: dict[str, int]
     skipped: list[dict[str, str]]
     settings: dict[str, Any]
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -486,26 +535,72 @@ def select_files(count: int, max_files: int | None, seed: int) -> list[int]:
 
 
 def run_invariance(cfg: InvarianceConfig) -> InvarianceResult:
-    """Load the model and the inputs, measure every transformation and write the outputs to ``cfg.output``.
+    """Load the model and the inputs, measure every transformation (and the probes' drops) and write the outputs
+    to ``cfg.output``.
 
     Raises:
-        FileNotFoundError: a missing model or input.
+        FileNotFoundError: a missing model, input, manifest or label file.
         ValueError: bad settings, an input list without usable audio, or a model that fits no reader.
+        Preempted: a signal stopped the probes' feature extraction (rerun to continue).
     """
-    from speechcl.features.extractor import FeatureExtractor
-    from speechcl.features.inputs import discover_inputs
+    from speechcl.analysis.probe_invariance import run_probe_drops
+    from speechcl.features.extract import extract_to_directory
     from speechcl.interop.loading import load_model_with_metadata
 
     started = time.perf_counter()
     if cfg.alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {cfg.alignment!r}")
+    if cfg.input is None and not cfg.probes:
+        raise ValueError("nothing to analyse: give an input (--input PATH) or probes (--probe TASK with "
+                         "--manifest-dir, --train and --test)")
     transformations = resolve_transformations(cfg.transforms)
+    for probe in cfg.probes:
+        if probe.model != cfg.model or probe.output != cfg.output:
+            raise ValueError(f"probe {probe.task}: its model and output must be the analysis's ({cfg.model!r}, "
+                             f"{cfg.output!r}), got {probe.model!r}, {probe.output!r}")
+    loaded = load_model_with_metadata(cfg.model)
+    normalize = loaded[1].normalize if cfg.normalize is None else bool(cfg.normalize)
+    settings: dict[str, Any] = {"seed": cfg.seed, "alignment": cfg.alignment, "normalize": normalize}
+    if cfg.input is not None:
+        tables, inputs, skipped, geometry = _measure_inputs(cfg, loaded[0], normalize, transformations)
+        settings.update(geometry)
+    drops: list[dict[str, Any]] = []
+    if cfg.probes:
+        run = run_probe_drops(cfg.probes, transformations, loaded, seed=cfg.seed, alignment=cfg.alignment)
+        drops = [d.to_dict() for d in run.drops]
+        if cfg.input is None:
+            tables, inputs, skipped = run.tables, run.inputs, []
+            chunking = inspect.signature(extract_to_directory).parameters  # the probes' cache extracts so
+            settings.update(normalize=run.normalize, hop=run.hop, receptive_field=run.receptive_field,
+                            chunk_seconds=chunking["chunk_seconds"].default,
+                            overlap_seconds=chunking["overlap_seconds"].default)
+        skipped = skipped + run.skipped
+    del loaded
+    labels = [t.label for t in transformations]
+    settings.update(max_files=cfg.max_files, device=str(cfg.device),
+                    elapsed_seconds=round(time.perf_counter() - started, 2))
+    result = InvarianceResult(
+        model=str(cfg.model), inputs=inputs, transforms=[t.to_dict() for t in transformations], layers=tables.layers,
+        cosine=[{label: _finite(tables.cosine[label][i]) for label in labels} for i in range(len(tables.layers))],
+        cka=[{label: _finite(tables.cka[label][i]) for label in labels} for i in range(len(tables.layers))],
+        frames=tables.frames, files=tables.files, skipped=skipped + tables.skipped, settings=settings, probes=drops,
+    )
+    write_outputs(result, cfg.output)
+    return result
+
+
+def _measure_inputs(cfg: InvarianceConfig, model: torch.nn.Module, normalize: bool,
+                    transformations: Sequence[Transformation]
+                    ) -> tuple[InvarianceTables, dict[str, Any], list[dict[str, str]], dict[str, Any]]:
+    """Cosine and CKA over ``cfg.input``: ``(tables, inputs, skipped files, frame geometry and chunking)``."""
+    from speechcl.features.extractor import FeatureExtractor
+    from speechcl.features.inputs import discover_inputs
+
+    assert cfg.input is not None
     items = discover_inputs(cfg.input, cfg.extensions)
     if not items:
         raise ValueError(f"{cfg.input}: no audio files found (extensions {', '.join(cfg.extensions)})")
     items = [items[i] for i in select_files(len(items), cfg.max_files, cfg.seed)]
-    model, meta = load_model_with_metadata(cfg.model)
-    normalize = meta.normalize if cfg.normalize is None else bool(cfg.normalize)
     extractor = FeatureExtractor(model, "all", device=cfg.device, chunk_seconds=cfg.chunk_seconds,
                                  overlap_seconds=cfg.overlap_seconds, normalize=normalize)
 
@@ -528,24 +623,11 @@ def run_invariance(cfg: InvarianceConfig) -> InvarianceResult:
     tables = measure_invariance(encode, waves, transformations, hop=extractor.hop,
                                 receptive_field=extractor.receptive_field, keys=keys, seed=cfg.seed,
                                 alignment=cfg.alignment, cache_bytes=cfg.cache_bytes, progress=cfg.progress)
-    labels = [t.label for t in transformations]
-    result = InvarianceResult(
-        model=str(cfg.model),
-        inputs={"path": str(cfg.input), "count": len(waves), "files": keys,
-                "seconds": round(sum(w.shape[0] for w in waves) / SAMPLE_RATE, 3)},
-        transforms=[t.to_dict() for t in transformations],
-        layers=tables.layers,
-        cosine=[{label: _finite(tables.cosine[label][i]) for label in labels} for i in range(len(tables.layers))],
-        cka=[{label: _finite(tables.cka[label][i]) for label in labels} for i in range(len(tables.layers))],
-        frames=tables.frames, files=tables.files, skipped=skipped + tables.skipped,
-        settings={"seed": cfg.seed, "alignment": cfg.alignment, "normalize": normalize,
-                  "hop": extractor.hop, "receptive_field": extractor.receptive_field,
-                  "chunk_seconds": cfg.chunk_seconds, "overlap_seconds": cfg.overlap_seconds,
-                  "max_files": cfg.max_files, "device": str(cfg.device),
-                  "elapsed_seconds": round(time.perf_counter() - started, 2)},
-    )
-    write_outputs(result, cfg.output)
-    return result
+    inputs = {"path": str(cfg.input), "count": len(waves), "files": keys,
+              "seconds": round(sum(w.shape[0] for w in waves) / SAMPLE_RATE, 3)}
+    geometry = {"hop": extractor.hop, "receptive_field": extractor.receptive_field,
+                "chunk_seconds": cfg.chunk_seconds, "overlap_seconds": cfg.overlap_seconds}
+    return tables, inputs, skipped, geometry
 
 
 # --- outputs -------------------------------------------------------------------------------------------------
@@ -575,6 +657,8 @@ def markdown_table(result: InvarianceResult) -> str:
         for layer, row in zip(result.layers, table):
             lines.append(f"| {layer} | " + " | ".join(_cell(row[label]) for label in labels) + " |")
         lines.append("")
+    for probe in result.probes:
+        lines += _probe_table(probe, labels)
     lines += ["## Transformations", "", "| label | transform | parameters | time map (scale, offset) | files | frames |",
               "|---|---|---|---|---|---|"]
     for t in result.transforms:
@@ -589,8 +673,27 @@ def markdown_table(result: InvarianceResult) -> str:
     return "\n".join(lines)
 
 
+def _probe_table(probe: dict[str, Any], labels: list[str]) -> list[str]:
+    """Markdown lines of one probe's drops: rows = heads, cells = score under t and the drop."""
+    metric, settings = probe["metric"], probe["probe"]["settings"]
+    worse = "clean − t(x)" if probe["higher_is_better"] else "t(x) − clean"
+    unit = probe["probe"]["counts"]["unit"]
+    lines = [f"## {probe['task']} probe: {metric} under each transformation, and the drop", "",
+             f"Heads trained on clean `{probe['probe']['train']}`, scored on `{probe['probe']['test']}` and on its "
+             f"transformed copies; a cell is `{metric} (drop)`, drop = {worse} (positive = worse). Chance "
+             f"{probe['chance']:.4f}; {settings['head']} heads, {settings['epochs']} epochs, seed {settings['seed']}.",
+             "", "| layer | clean | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for name, clean, values, drops in zip(probe["rows"], probe["clean"], probe["transformed"], probe["drop"]):
+        cells = ["–" if values[label] is None else f"{values[label]:.4f} ({drops[label]:+.4f})" for label in labels]
+        lines.append(f"| {name.replace('_', ' ')} | {clean:.4f} | " + " | ".join(cells) + " |")
+    lines += ["", f"Scored {unit}: clean {probe['units']['clean']}; "
+              + ", ".join(f"{label} {probe['units'].get(label, 0)}" for label in labels), ""]
+    return lines
+
+
 def heatmap_png(result: InvarianceResult) -> bytes:
-    """Two heatmaps (cosine, CKA), hidden states × transformations, colour range [0, 1], as PNG bytes."""
+    """Two heatmaps (cosine, CKA), hidden states × transformations, colour range [0, 1], then one per probe of
+    its drop (heads × transformations, a diverging scale centred on 0: red = worse under t), as PNG bytes."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -599,26 +702,41 @@ def heatmap_png(result: InvarianceResult) -> bytes:
     layers = result.layers
     width = max(6.0, 0.5 * len(labels) + 2.5)
     height = max(2.5, 0.32 * len(layers) + 1.8)
-    fig = Figure(figsize=(width, 2 * height), dpi=100)
+    panels: list[tuple[str, list[str], list[dict[str, float | None]], str]] = [
+        (f"frame-aligned cosine of h(x) and h(t(x)) — {Path(result.model).name}", [str(k) for k in layers],
+         result.cosine, "unit"),
+        (f"linear CKA of h(x) and h(t(x)) — {Path(result.model).name}", [str(k) for k in layers], result.cka, "unit"),
+    ]
+    for probe in result.probes:
+        worse = "clean − t(x)" if probe["higher_is_better"] else "t(x) − clean"
+        rows = ["ws" if name == "weighted_sum" else name for name in probe["rows"]]
+        panels.append((f"{probe['task']} probe: {probe['metric']} drop under t ({worse}; red = worse)", rows,
+                       probe["drop"], "drop"))
+    fig = Figure(figsize=(width, len(panels) * height), dpi=100)
     FigureCanvasAgg(fig)
-    annotate = len(labels) * len(layers) <= 600
-    for panel, (title, table) in enumerate((("frame-aligned cosine", result.cosine), ("linear CKA", result.cka))):
-        ax = fig.add_subplot(2, 1, panel + 1)
+    for panel, (title, rows, table, scale) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, panel + 1)
         grid = np.array([[np.nan if row[label] is None else row[label] for label in labels] for row in table],
-                        dtype=float).reshape(len(layers), len(labels))
-        image = ax.imshow(grid, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis",
-                          interpolation="nearest")
+                        dtype=float).reshape(len(rows), len(labels))
+        if scale == "unit":
+            options = {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}
+        else:
+            finite = np.abs(grid[np.isfinite(grid)])
+            bound = max(float(finite.max()) if finite.size else 0.0, 1e-3)
+            options = {"vmin": -bound, "vmax": bound, "cmap": "RdBu_r"}
+        image = ax.imshow(grid, aspect="auto", origin="lower", interpolation="nearest", **options)
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels if panel == 1 else [], rotation=60, ha="right", fontsize="small")
-        ax.set_yticks(range(len(layers)))
-        ax.set_yticklabels([str(layer) for layer in layers], fontsize="small")
-        ax.set_ylabel("hidden state")
-        ax.set_title(f"{title} of h(x) and h(t(x)) — {Path(result.model).name}", fontsize="medium")
-        if annotate:
+        ax.set_xticklabels(labels if panel == len(panels) - 1 else [], rotation=60, ha="right", fontsize="small")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(rows, fontsize="small")
+        ax.set_ylabel("hidden state" if scale == "unit" else "head")
+        ax.set_title(title, fontsize="medium")
+        if len(labels) * len(rows) <= 600:
             for (row, col), value in np.ndenumerate(grid):
                 if np.isfinite(value):
+                    dark = value <= 0.6 if scale == "unit" else abs(value) > 0.6 * options["vmax"]
                     ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                            color="black" if value > 0.6 else "white")
+                            color="white" if dark else "black")
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
     fig.tight_layout()
     buffer = io.BytesIO()

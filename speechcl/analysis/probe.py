@@ -39,6 +39,7 @@ and batches are shuffled by a generator seeded with it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,8 @@ class ProbeSet:
         targets: per utterance: ``[frames]`` int64 phone classes (``phone``), letter indices (``ctc``), or
             one class index (``speaker``, ``keyword``).
         texts: ``ctc``: the reference transcripts (words).
-        pooled: ``speaker``/``keyword``: ``[N, L + 1, D]`` time-averaged features.
+        pooled: ``speaker``/``keyword``: ``[N, L + 1, D]`` time-averaged features (:func:`pool_features`).
+        rows: each utterance's position in its split's manifest.
     """
 
     name: str
@@ -163,6 +165,7 @@ class ProbeSet:
     targets: list[Any]
     texts: list[str] = field(default_factory=list)
     pooled: np.ndarray | None = None
+    rows: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -307,10 +310,15 @@ def _probe_set(cfg: ProbeConfig, labels: _Labels, encoded: list[Any], feats: dic
         raise ValueError(f"no features could be extracted for the {len(labels.indices)} utterances of {labels.split}")
     features = [feats[(labels.split, labels.indices[j])] for j in keep]
     data = ProbeSet(labels.split, features, [encoded[j] for j in keep],
-                    [labels.texts[j] for j in keep] if labels.texts else [])
+                    [labels.texts[j] for j in keep] if labels.texts else [], rows=[labels.indices[j] for j in keep])
     if cfg.task in UTTERANCE_TASKS:
-        data.pooled = np.stack([f.mean(axis=1, dtype=np.float64).astype(np.float32) for f in features])
+        data.pooled = pool_features(features)
     return data
+
+
+def pool_features(features: list[np.ndarray]) -> np.ndarray:
+    """Time averages ``[N, L + 1, D]`` float32 of utterances ``[L + 1, frames, D]`` (the utterance tasks' inputs)."""
+    return np.stack([f.mean(axis=1, dtype=np.float64).astype(np.float32) for f in features])
 
 
 def feature_statistics(data: ProbeSet, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
@@ -471,21 +479,54 @@ def _units(task: str, data: ProbeSet) -> int:
     return len(data)
 
 
-def run_probe(cfg: ProbeConfig) -> ProbeResult:
-    """Run one probe end to end and write its outputs (see the module docstring).
+@dataclass
+class PreparedProbe:
+    """A probe whose labels are read and whose features are cached: what :func:`fit_probe` trains heads on.
+
+    Attributes:
+        cfg: the settings.
+        train, test: the two sides (features memory-mapped from the cache; ``rows`` locate them in
+            ``train_manifest`` / ``test_manifest``).
+        classes: the output classes (the letter :class:`Dictionary` for ``ctc``).
+        num_layers: ``L`` (hidden states ``0..L``); ``layers``: those that get a head of their own.
+        conv_layers: the model's feature encoder (its frame geometry).
+        normalize: whether the audio was normalised per utterance before the model.
+        notes, skipped: what ``counts`` reports (held-out test, dropped utterances; files without features).
+    """
+
+    cfg: ProbeConfig
+    train: ProbeSet
+    test: ProbeSet
+    train_manifest: Manifest
+    test_manifest: Manifest
+    classes: list[str] | Dictionary
+    num_layers: int
+    layers: list[int]
+    conv_layers: Any
+    normalize: bool
+    notes: dict[str, Any]
+    skipped: list[str]
+
+    @property
+    def dictionary(self) -> Dictionary | None:
+        return self.classes if isinstance(self.classes, Dictionary) else None
+
+
+def prepare_probe(cfg: ProbeConfig, loaded: tuple[torch.nn.Module, Any] | None = None
+                  ) -> tuple[PreparedProbe, torch.nn.Module]:
+    """Steps 1 and 2 of the module docstring: ``(prepared probe, the model's encoder)``.
+
+    Args:
+        loaded: ``(model, metadata)`` of :func:`~speechcl.interop.loading.load_model_with_metadata` for
+            ``cfg.model`` when the caller has it already (else it is loaded).
 
     Raises:
-        FileNotFoundError: a missing manifest, label or dictionary file, or model.
-        ValueError: labels that do not fit the manifest or the model's frame count, bad settings, settings
-            that differ from those of an existing feature cache.
-        Preempted: a signal stopped the feature extraction (rerun to continue).
+        as :func:`run_probe`.
     """
-    from speechcl.analysis.probe_report import write_outputs
     from speechcl.interop.loading import load_model_with_metadata
 
     cfg.check()
-    device = torch.device(cfg.device)
-    model, meta = load_model_with_metadata(cfg.model)
+    model, meta = loaded if loaded is not None else load_model_with_metadata(cfg.model)
     encoder = encoder_of(model)
     num_layers = encoder.cfg.encoder_layers
     layers = list(parse_layers(cfg.layers, num_layers))
@@ -500,13 +541,27 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
     if unseen:
         notes[f"test_{'frames' if cfg.task == 'phone' else 'utterances'}_of_classes_not_in_training"] = unseen
     feats = _cache(cfg, encoder, normalize, [train_labels, test_labels])
-    del model, encoder
     skipped: list[str] = []
     train = _probe_set(cfg, train_labels, train_encoded, feats, skipped)
     test = _probe_set(cfg, test_labels, test_encoded, feats, skipped)
+    prepared = PreparedProbe(cfg, train, test, train_labels.manifest, test_labels.manifest, classes, num_layers,
+                             layers, encoder.cfg.conv_layers, bool(normalize), notes, skipped)
+    return prepared, encoder
 
-    num_classes = len(classes)
-    dictionary = classes if isinstance(classes, Dictionary) else None
+
+def fit_probe(prepared: PreparedProbe,
+              on_head: Callable[[list[int], ProbeHead], None] | None = None) -> ProbeResult:
+    """Step 3 of the module docstring: a head per selected layer and one on the weighted sum, scored.
+
+    Args:
+        on_head: called with ``(hidden states the head reads, trained head)`` after each head is trained
+            (``[k]`` for layer ``k``, ``[0..L]`` for the weighted sum last), e.g. to score it on other data.
+    """
+    cfg, train, test = prepared.cfg, prepared.train, prepared.test
+    device = torch.device(cfg.device)
+    num_layers, layers = prepared.num_layers, prepared.layers
+    num_classes = len(prepared.classes)
+    dictionary = prepared.dictionary
     mean, std = feature_statistics(train)
     hidden = cfg.hidden if cfg.head == "mlp" else None
     options = dict(epochs=cfg.num_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, hidden=hidden,
@@ -525,6 +580,8 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
             else:
                 mixed, mixed_train = values
                 weights = [float(w) for w in head.mix.weights().detach().cpu()]
+            if on_head is not None:
+                on_head(chosen, head)
 
     higher = METRICS[cfg.task] == "accuracy"
     best = max(per_layer, key=lambda k: per_layer[k] if higher else -per_layer[k])
@@ -532,13 +589,29 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
         "train_utterances": len(train), "test_utterances": len(test),
         "train_units": _units(cfg.task, train), "test_units": _units(cfg.task, test),
         "unit": {"phone": "frames", "ctc": "letters"}.get(cfg.task, "utterances"),
-        "classes": num_classes, "skipped_files": skipped, **notes,
+        "classes": num_classes, "skipped_files": list(prepared.skipped), **prepared.notes,
     }
-    result = ProbeResult(
+    return ProbeResult(
         task=cfg.task, metric=METRICS[cfg.task], higher_is_better=higher, chance=chance_level(cfg.task, train, test),
         per_layer=per_layer, train_value=train_value, weighted_sum=mixed, weighted_sum_train_value=mixed_train,
         weights=weights, best_layer=int(best), train=cfg.train, test=cfg.test, model=str(cfg.model),
         num_hidden_states=num_layers + 1, counts=counts, settings=cfg.settings(),
     )
+
+
+def run_probe(cfg: ProbeConfig) -> ProbeResult:
+    """Run one probe end to end and write its outputs (see the module docstring).
+
+    Raises:
+        FileNotFoundError: a missing manifest, label or dictionary file, or model.
+        ValueError: labels that do not fit the manifest or the model's frame count, bad settings, settings
+            that differ from those of an existing feature cache.
+        Preempted: a signal stopped the feature extraction (rerun to continue).
+    """
+    from speechcl.analysis.probe_report import write_outputs
+
+    prepared, encoder = prepare_probe(cfg)
+    del encoder  # the heads train on cached features only
+    result = fit_probe(prepared)
     write_outputs(result, cfg.output)
     return result

@@ -39,10 +39,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "test score. The same split for --train and --test holds out --holdout of it for testing.")
     p.add_argument("task", choices=TASKS, help="what to probe")
     p.add_argument("--model", required=True, help="speechcl checkpoint dir, transformers dir or fairseq .pt")
-    p.add_argument("--manifest-dir", required=True, metavar="D", help="holds SPLIT.tsv and the label files")
-    p.add_argument("--train", required=True, metavar="SPLIT", help="training split (D/SPLIT.tsv)")
-    p.add_argument("--test", required=True, metavar="SPLIT", help="test split; the --train split holds out --holdout")
+    add_split_arguments(p, required=True)
     p.add_argument("--output", required=True, metavar="OUT", help="output directory")
+    add_head_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the heads' initialisation and batch order")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-utterance normalisation of the audio (default: what the checkpoint records)")
+    p.add_argument("--num-workers", type=int, default=None, help="audio-decoding processes of the extraction")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_probe_command)
+
+
+def add_split_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    """``--manifest-dir``, ``--train`` and ``--test`` (shared with ``speechcl analyze invariance --probe``)."""
+    p.add_argument("--manifest-dir", required=required, metavar="D", help="holds SPLIT.tsv and the label files")
+    p.add_argument("--train", required=required, metavar="SPLIT", help="training split (D/SPLIT.tsv)")
+    p.add_argument("--test", required=required, metavar="SPLIT",
+                   help="test split; the --train split holds out --holdout")
+
+
+def add_head_arguments(p: argparse.ArgumentParser) -> None:
+    """The heads' and the data selection's options (shared with ``speechcl analyze invariance --probe``)."""
     p.add_argument("--layers", default="all",
                    help="hidden states probed one by one: 'all' (default) or indices like 0,3,6 (0 = input to the "
                         "first transformer layer); the weighted sum always mixes all of them")
@@ -53,19 +72,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
     p.add_argument("--batch-size", type=int, default=8, help="utterances per update (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the heads' initialisation and batch order")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--max-utterances", type=int, default=None, metavar="N",
                    help="use at most N utterances of each split, spread evenly over it")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="fraction held out for testing when --test is the --train split (default 0.2; per class "
                         "for speaker and keyword)")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="per-utterance normalisation of the audio (default: what the checkpoint records)")
-    p.add_argument("--num-workers", type=int, default=None, help="audio-decoding processes of the extraction")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_probe_command)
+
+
+def probe_config(args: argparse.Namespace, task: str, device: torch.device) -> ProbeConfig:
+    """The :class:`ProbeConfig` of ``task`` from parsed arguments (:func:`add_split_arguments`,
+    :func:`add_head_arguments`, ``--model``, ``--output``, ``--seed``, ``--normalize``, ``--num-workers``,
+    ``--no-progress``)."""
+    return ProbeConfig(
+        task=task, model=args.model, manifest_dir=args.manifest_dir, train=args.train, test=args.test,
+        output=args.output, layers=args.layers, head=args.head, hidden=args.hidden, epochs=args.epochs,
+        lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=str(device),
+        max_utterances=args.max_utterances, holdout=args.holdout, normalize=args.normalize,
+        num_workers=args.num_workers, progress=not args.no_progress,
+    )
 
 
 def run_probe_command(args: argparse.Namespace) -> int:
@@ -73,14 +97,7 @@ def run_probe_command(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, "--device")
         if device.type == "cpu":
             torch.set_num_threads(args.threads or default_threads())
-        cfg = ProbeConfig(
-            task=args.task, model=args.model, manifest_dir=args.manifest_dir, train=args.train, test=args.test,
-            output=args.output, layers=args.layers, head=args.head, hidden=args.hidden, epochs=args.epochs,
-            lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=str(device),
-            max_utterances=args.max_utterances, holdout=args.holdout, normalize=args.normalize,
-            num_workers=args.num_workers, progress=not args.no_progress,
-        )
-        result = run_probe(cfg)
+        result = run_probe(probe_config(args, args.task, device))
     except (FileNotFoundError, ValueError) as err:
         print(f"speechcl probe: error: {err}", file=sys.stderr)
         return 2
