@@ -10,6 +10,7 @@ hundred times real time per core, so two workers keep ahead of a CPU training st
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +35,12 @@ class _EpochTagged(torch.utils.data.Sampler[list[tuple[int, int]]]):
 
 
 def _worker_init(worker_id: int) -> None:
+    """One thread per worker; SIGTERM and SIGINT ignored: a signal to the whole process group (Ctrl-C, a
+    cluster's preemption, ``pkill -f``) reaches the workers too, and a worker killed by it would crash the
+    main process before it saves. The main process handles the signal and shuts the workers down itself."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ResumableLoader:

@@ -5,6 +5,7 @@ diverged run ends in a message instead of a traceback."""
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import signal
 import subprocess
@@ -184,6 +185,23 @@ def _logged_step(exp: Path) -> int:
         return max((r.get("step", 0) for r in read_log(exp) if r["split"] == "train"), default=0)
     except (FileNotFoundError, ValueError):
         return 0
+
+
+def test_sigterm_to_the_process_group_still_saves(manifest_dir: Path, tmp_path: Path) -> None:
+    """A cluster's preemption, Ctrl-C or ``pkill -f`` signals the data workers too: the run must still save."""
+    exp = tmp_path / "exp"
+    argv = pretrain_argv(manifest_dir, exp, trainer__max_update=40, data__valid_subset="", data__num_workers=2)
+    proc = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    while _logged_step(exp) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    assert int(read_state(exp / "checkpoints" / "last")["num_updates"]) == _logged_step(exp) >= 2
 
 
 def test_sigterm_saves_a_resumable_state_and_exits_75(manifest_dir: Path, tmp_path: Path) -> None:
