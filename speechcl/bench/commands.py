@@ -9,6 +9,12 @@ Usage::
     speechcl bench all       [--config base] [--num-files 200] [COMMON]
 
     COMMON: [--reps N] [--warmup N] [--threads N] [--device cpu|cuda] [--seed 0] [--quick] [--json OUT]
+            [--reference-bf16|--no-reference-bf16] [--compile [--compile-backend NAME]] [--extract-workers N]
+
+On a GPU (``--device cuda``) transformers is also timed under bf16 autocast (the GPU targets compare bf16
+with bf16), peak memory comes from ``torch.cuda.max_memory_allocated`` and the FLOP rates are compared
+with measured bf16, TF32 and float32 matmuls; ``--compile`` adds speechcl sides whose transformer layers
+are compiled (``speechcl.models.compile``).
 
 Each benchmark times speechcl and its reference alternately (A B A B ...) after warm-up rounds, prints
 medians and ratios, and with ``--json`` also writes its results (atomically). ``--quick`` is a smoke run
@@ -31,7 +37,7 @@ from speechcl.models.config import PRESETS
 
 # (normal, --quick) defaults per benchmark; ``all`` uses the ALL_* budget: about 7 minutes on 2 CPU cores.
 PRETRAIN = {"config": ("base", "tiny"), "reps": (3, 1), "warmup": (1, 1), "trajectory_config": ("small", "tiny"),
-            "matmul_size": (2048, 512)}
+            "matmul_size": (None, 512)}
 INFERENCE = {"config": ("base", "tiny"), "reps": (5, 1), "warmup": (1, 1), "batch_sizes": ("1,4", "1")}
 EXTRACT = {"config": ("base", "tiny"), "reps": (3, 1), "warmup": (1, 0), "num_files": (200, 20)}
 ALL_PRETRAIN = {"reps": (3, 1), "warmup": (1, 1)}
@@ -88,6 +94,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data, masks (default 0)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny config, one round, few files")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
+    p.add_argument("--reference-bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time transformers under bf16 autocast (default: on GPUs only)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time speechcl with torch.compile'd transformer layers (compilation in warm-up)")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend of --compile (default inductor, or $SPEECHCL_COMPILE_BACKEND)")
 
 
 def _pretrain_options(p: argparse.ArgumentParser) -> None:
@@ -96,7 +108,8 @@ def _pretrain_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seconds", dest="pretrain_seconds", type=float, default=5.0, help="seconds each (default 5)")
     g.add_argument("--no-memory", action="store_true", help="skip the per-side peak-memory processes")
     g.add_argument("--no-flops", action="store_true", help="skip FLOP counting and the matmul reference")
-    g.add_argument("--matmul-size", type=int, default=None, help="n of the n x n fp32 matmul (default 2048)")
+    g.add_argument("--matmul-size", type=int, default=None,
+                   help="n of the n x n reference matmuls (default 2048 on CPU, 8192 on GPUs)")
     g.add_argument("--trajectory-config", default=None,
                    help="preset of the bf16-vs-fp32 loss check (default small; tiny with --quick; none skips)")
     g.add_argument("--trajectory-steps", type=int, default=20, help="updates of that check (default 20)")
@@ -114,6 +127,8 @@ def _extract_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-seconds", type=float, default=1.0, help="shortest file (default 1)")
     g.add_argument("--max-seconds", type=float, default=8.0, help="longest file (default 8)")
     g.add_argument("--workdir", default=None, help="where the temporary corpus and outputs go (default: $TMPDIR)")
+    g.add_argument("--extract-workers", type=int, default=None,
+                   help="audio-decoding processes of `speechcl extract` (default: its own default, 1)")
 
 
 def _pick(args: argparse.Namespace, name: str, defaults: dict[str, tuple[Any, Any]], fallback: Any = None) -> Any:
@@ -141,7 +156,8 @@ def _pretrain_config(args: argparse.Namespace, budget: dict[str, tuple[Any, Any]
         seed=args.seed, memory=not args.no_memory, flops=not args.no_flops,
         matmul_size=_pick(args, "matmul_size", defaults),
         trajectory_config=None if str(trajectory).lower() == "none" else trajectory,
-        trajectory_steps=args.trajectory_steps,
+        trajectory_steps=args.trajectory_steps, reference_bf16=args.reference_bf16, compile=args.compile,
+        compile_backend=args.compile_backend,
     )
 
 
@@ -157,7 +173,7 @@ def _inference_config(args: argparse.Namespace, budget: dict[str, tuple[Any, Any
     return InferenceBenchConfig(
         config=_pick(args, "config", defaults), seconds=args.utterance_seconds, batch_sizes=batch_sizes,
         reps=_pick(args, "reps", defaults), warmup=_pick(args, "warmup", defaults), device=args.device,
-        seed=args.seed,
+        seed=args.seed, reference_bf16=args.reference_bf16, compile=args.compile, compile_backend=args.compile_backend,
     )
 
 
@@ -169,7 +185,8 @@ def _extract_config(args: argparse.Namespace, budget: dict[str, tuple[Any, Any]]
         config=_pick(args, "config", defaults), num_files=_pick(args, "num_files", defaults),
         min_seconds=args.min_seconds, max_seconds=args.max_seconds, reps=_pick(args, "reps", defaults),
         warmup=_pick(args, "warmup", defaults), device=args.device, threads=torch.get_num_threads(),
-        seed=args.seed, workdir=args.workdir,
+        seed=args.seed, workdir=args.workdir, workers=args.extract_workers, compile=args.compile,
+        compile_backend=args.compile_backend,
     )
 
 

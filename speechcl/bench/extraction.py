@@ -5,7 +5,8 @@ loading count on both:
 
 - **speechcl**: ``python -m speechcl extract --model HF_DIR --input WAVS --output OUT --layers last
   --format npy --threads N --device D --no-progress`` (its defaults otherwise: batching by length, one
-  audio-decoding worker, atomic writes);
+  audio-decoding worker unless ``workers`` says how many, atomic writes); with ``compile`` also a third
+  side, the same command with ``--compile`` (compilation time included);
 - **transformers**: ``python -m speechcl.bench.reference_extract`` with the same model directory, input,
   threads and device: a loop over the files, one ``Wav2Vec2Model`` call each, ``np.save`` of
   ``last_hidden_state`` (see that module).
@@ -23,6 +24,7 @@ corpus size); the recorded rounds process the whole corpus.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -44,8 +46,8 @@ from speechcl.models.wav2vec2 import Wav2Vec2Encoder
 from speechcl.utils.device import resolve_device
 
 SAMPLE_RATE = 16_000
-OURS, THEIRS = "speechcl_extract", "transformers_loop"
-SIDES = (OURS, THEIRS)
+OURS, THEIRS, OURS_COMPILED = "speechcl_extract", "transformers_loop", "speechcl_extract_compiled"
+SIDES = (OURS, THEIRS, OURS_COMPILED)
 WARMUP_FILES = 5  # warm-up rounds run both commands on this many files: imports, page cache, model file
 
 
@@ -64,6 +66,9 @@ class ExtractBenchConfig:
     threads: int = 1
     seed: int = 0
     workdir: str | None = None
+    workers: int | None = None  # audio-decoding processes of `speechcl extract` (None: its default)
+    compile: bool = False  # also time `speechcl extract --compile`
+    compile_backend: str | None = None  # its backend ($SPEECHCL_COMPILE_BACKEND of that process; None: default)
 
 
 def write_corpus(directory: Path, num_files: int, min_seconds: float, max_seconds: float, seed: int = 0) -> float:
@@ -83,11 +88,13 @@ def write_corpus(directory: Path, num_files: int, min_seconds: float, max_second
     return total / SAMPLE_RATE
 
 
-def speechcl_argv(model: Path, inputs: Path, output: Path, threads: int, device: str) -> list[str]:
+def speechcl_argv(model: Path, inputs: Path, output: Path, threads: int, device: str, workers: int | None = None,
+                  compile: bool = False) -> list[str]:
     """The ``speechcl extract`` command line of the benchmark."""
     return [sys.executable, "-m", "speechcl", "extract", "--model", str(model), "--input", str(inputs),
             "--output", str(output), "--layers", "last", "--format", "npy", "--threads", str(threads),
-            "--device", device, "--no-progress"]
+            "--device", device, "--no-progress", *([] if workers is None else ["--num-workers", str(workers)]),
+            *(["--compile"] if compile else [])]
 
 
 def reference_argv(model: Path, inputs: Path, output: Path, threads: int, device: str) -> list[str]:
@@ -96,9 +103,10 @@ def reference_argv(model: Path, inputs: Path, output: Path, threads: int, device
             str(inputs), "--output", str(output), "--threads", str(threads), "--device", device]
 
 
-def _runner(argv_for: Callable[[Path], list[str]], outputs: Path, name: str) -> tuple[Callable[[], None], list[Path]]:
+def _runner(argv_for: Callable[[Path], list[str]], outputs: Path, name: str, env: dict[str, str] | None = None
+            ) -> tuple[Callable[[], None], list[Path]]:
     """A call that runs ``argv_for(fresh_dir)`` to completion (raising on failure), removing the previous
-    run's outputs first; the list holds the directory of the latest run."""
+    run's outputs first; the list holds the directory of the latest run. ``env``: extra environment."""
     latest: list[Path] = []
     runs = itertools.count()
 
@@ -108,7 +116,8 @@ def _runner(argv_for: Callable[[Path], list[str]], outputs: Path, name: str) -> 
         latest.clear()
         out = outputs / f"{name}-{next(runs)}"
         latest.append(out)
-        proc = subprocess.run(argv_for(out), capture_output=True, text=True)
+        proc = subprocess.run(argv_for(out), capture_output=True, text=True,
+                              env=None if not env else os.environ | env)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} failed (exit {proc.returncode}): {' '.join(argv_for(out))}\n"
                                f"{proc.stderr[-3000:]}")
@@ -133,27 +142,33 @@ def run_extract_bench(opts: ExtractBenchConfig, progress: Callable[[str], None] 
         model_dir = export_to_transformers(Wav2Vec2Encoder(preset(opts.config)).eval(), root / "model")
         outputs = root / "out"
         outputs.mkdir()
-        ours, ours_latest = _runner(
-            lambda out: speechcl_argv(model_dir, root / "wavs", out, opts.threads, str(device)), outputs, OURS)
-        theirs, theirs_latest = _runner(
-            lambda out: reference_argv(model_dir, root / "wavs", out, opts.threads, str(device)), outputs, THEIRS)
+        env = {"SPEECHCL_COMPILE_BACKEND": opts.compile_backend} if opts.compile_backend else None
+
+        def ours_argv(inputs: Path, out: Path, compile: bool = False) -> list[str]:
+            return speechcl_argv(model_dir, inputs, out, opts.threads, str(device), opts.workers, compile)
+
+        def theirs_argv(inputs: Path, out: Path) -> list[str]:
+            return reference_argv(model_dir, inputs, out, opts.threads, str(device))
+
+        argv_of: dict[str, Callable[[Path, Path], list[str]]] = {OURS: ours_argv, THEIRS: theirs_argv}
+        if opts.compile:
+            argv_of[OURS_COMPILED] = lambda inputs, out: ours_argv(inputs, out, compile=True)
+        runners = {name: _runner(lambda out, f=f: f(root / "wavs", out), outputs, name, env)
+                   for name, f in argv_of.items()}
         if opts.warmup:
             warm = root / "warmup"
             warm.mkdir()
             for path in sorted((root / "wavs").glob("*.wav"))[:WARMUP_FILES]:
                 shutil.copy(path, warm / path.name)
-            warm_calls = {
-                OURS: _runner(lambda out: speechcl_argv(model_dir, warm, out, opts.threads, str(device)), outputs,
-                              f"warmup-{OURS}")[0],
-                THEIRS: _runner(lambda out: reference_argv(model_dir, warm, out, opts.threads, str(device)),
-                                outputs, f"warmup-{THEIRS}")[0],
-            }
+            warm_calls = {name: _runner(lambda out, f=f: f(warm, out), outputs, f"warmup-{name}", env)[0]
+                          for name, f in argv_of.items()}
             say(f"warm-up: {opts.warmup} round(s) on the first {WARMUP_FILES} files ...")
-            alternate(warm_calls, {OURS: 1, THEIRS: 1}, opts.warmup, 0, device,
+            alternate(warm_calls, dict.fromkeys(warm_calls, 1), opts.warmup, 0, device,
                       lambda line: say(line.replace("rep", "warm-up", 1)))
-        say(f"timing {OURS} and {THEIRS} ({opts.threads} threads), {opts.reps} rounds ...")
-        series = alternate({OURS: ours, THEIRS: theirs}, {OURS: opts.num_files, THEIRS: opts.num_files},
+        say(f"timing {', '.join(argv_of)} ({opts.threads} threads), {opts.reps} rounds ...")
+        series = alternate({name: call for name, (call, _) in runners.items()}, dict.fromkeys(runners, opts.num_files),
                            opts.reps, 0, device, say)
+        ours_latest, theirs_latest = runners[OURS][1], runners[THEIRS][1]
         first = "utt_0000.npy"
         diff = float(np.abs(np.load(ours_latest[0] / first) - np.load(theirs_latest[0] / first)).max())
     sides = {}
@@ -163,9 +178,12 @@ def run_extract_bench(opts: ExtractBenchConfig, progress: Callable[[str], None] 
         "benchmark": "extract",
         "settings": {"config": opts.config, "num_files": opts.num_files, "min_seconds": opts.min_seconds,
                      "max_seconds": opts.max_seconds, "audio_seconds": audio, "reps": opts.reps,
-                     "warmup": opts.warmup, **environment(device), "threads": opts.threads},
+                     "warmup": opts.warmup, **environment(device), "threads": opts.threads,
+                     "workers": opts.workers, "compile": opts.compile},
         "sides": sides,
-        "ratios": {"speed": speed_ratio(series[OURS], series[THEIRS])},
+        "ratios": {"speed": speed_ratio(series[OURS], series[THEIRS]),
+                   **({"speed_compiled": speed_ratio(series[OURS_COMPILED], series[THEIRS])}
+                      if OURS_COMPILED in series else {})},
         "max_abs_diff": diff,
     }
 
@@ -178,8 +196,11 @@ def format_extract(result: dict[str, Any]) -> str:
              f"threads, whole processes (medians of {st['reps']} alternated rounds after {st['warmup']} warm-up "
              f"round(s) on {WARMUP_FILES} files)"]
     for name in SIDES:
-        lines.append(f"  {name:<18} {s[name]['median_s']:8.2f} s  {s[name]['files_per_s']:7.2f} files/s  "
-                     f"{s[name]['audio_s_per_s']:7.1f} audio s/s")
-    lines.append(f"  ours/theirs {result['ratios']['speed']:.2f}x   max |ours-theirs| on one file "
-                 f"{result['max_abs_diff']:.1e}")
+        if name in s:
+            lines.append(f"  {name:<26} {s[name]['median_s']:8.2f} s  {s[name]['files_per_s']:7.2f} files/s  "
+                         f"{s[name]['audio_s_per_s']:7.1f} audio s/s")
+    compiled = result["ratios"].get("speed_compiled")
+    lines.append(f"  ours/theirs {result['ratios']['speed']:.2f}x"
+                 + ("" if compiled is None else f"   compiled/theirs {compiled:.2f}x")
+                 + f"   max |ours-theirs| on one file {result['max_abs_diff']:.1e}")
     return "\n".join(lines)

@@ -5,10 +5,14 @@ without gradients in eval mode, on the same weights (:mod:`speechcl.bench.refere
 batch of equal-length utterances ``[batch, seconds · 16000]`` (random noise standing in for speech; no
 padding). speechcl also runs under ``torch.autocast(device, bfloat16)``; its accuracy is the cosine
 similarity of the bf16 final output to the float32 one, per frame, averaged over frames and utterances.
+On a GPU (or with ``reference_bf16``) transformers runs under the same autocast too, and the peak memory
+of one call per side is read from ``torch.cuda.max_memory_allocated``. With ``compile`` a copy of our
+encoder with compiled transformer layers (:mod:`speechcl.models.compile`) is timed in bf16 as well.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +20,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from speechcl.bench.memory import call_peak_mb
 from speechcl.bench.pretrain import random_batch
 from speechcl.bench.reference import autocast, environment, reference_encoder
 from speechcl.bench.timing import alternate, speed_ratio
@@ -24,7 +29,8 @@ from speechcl.models.wav2vec2 import Wav2Vec2Encoder
 from speechcl.utils.device import resolve_device
 
 OURS_FP32, OURS_BF16, THEIRS_FP32 = "speechcl_fp32", "speechcl_bf16", "transformers_fp32"
-SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16)
+THEIRS_BF16, OURS_COMPILED = "transformers_bf16", "speechcl_bf16_compiled"
+SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16, THEIRS_BF16, OURS_COMPILED)
 
 
 @dataclass
@@ -38,6 +44,14 @@ class InferenceBenchConfig:
     warmup: int = 1
     device: str = "cpu"
     seed: int = 0
+    reference_bf16: bool | None = None  # time transformers under bf16 autocast too (None: on GPUs)
+    compile: bool = False  # add the compiled speechcl bf16 side
+    compile_backend: str | None = None  # its torch.compile backend (None: speechcl.models.compile's default)
+
+    def sides(self, device: torch.device) -> tuple[str, ...]:
+        reference_bf16 = device.type == "cuda" if self.reference_bf16 is None else self.reference_bf16
+        return tuple(name for name in SIDES if name in (OURS_FP32, THEIRS_FP32, OURS_BF16)
+                     or (name == THEIRS_BF16 and reference_bf16) or (name == OURS_COMPILED and self.compile))
 
 
 def bf16_cosine(encoder: Wav2Vec2Encoder, wav: torch.Tensor) -> float:
@@ -64,43 +78,77 @@ def run_inference_bench(opts: InferenceBenchConfig, progress: Callable[[str], No
     ours = Wav2Vec2Encoder(preset(opts.config)).to(device).eval()
     theirs = reference_encoder(ours).eval()
 
-    def run_theirs(wav: torch.Tensor) -> Any:
-        with torch.no_grad():
+    sides = opts.sides(device)
+    compiled = None
+    if OURS_COMPILED in sides:
+        from speechcl.models.compile import compile_encoder
+
+        compiled = copy.deepcopy(ours)
+        compile_encoder(compiled, backend=opts.compile_backend)
+
+    def run_theirs(wav: torch.Tensor, precision: str = "fp32") -> Any:
+        with torch.no_grad(), autocast(device, precision):
             return theirs(wav, output_hidden_states=True)
 
-    def run_ours_bf16(wav: torch.Tensor) -> Any:
-        with autocast(device, "bf16"):
-            return ours.extract_features(wav)
+    def run_ours(wav: torch.Tensor, precision: str, model: Wav2Vec2Encoder = ours) -> Any:
+        with autocast(device, precision):
+            return model.extract_features(wav)
 
     result: dict[str, Any] = {
         "benchmark": "inference",
         "settings": {"config": opts.config, "seconds": opts.seconds, "batch_sizes": list(opts.batch_sizes),
-                     "reps": opts.reps, "warmup": opts.warmup, **environment(device),
+                     "reps": opts.reps, "warmup": opts.warmup, "sides": list(sides), **environment(device),
                      "transformers_attention": theirs.config._attn_implementation},
         "batches": {},
     }
     for batch in opts.batch_sizes:
         wav = random_batch(batch, opts.seconds, opts.seed, device)
-        calls: dict[str, Callable[[], object]] = {
-            OURS_FP32: lambda wav=wav: ours.extract_features(wav),
+        every: dict[str, Callable[[], object]] = {
+            OURS_FP32: lambda wav=wav: run_ours(wav, "fp32"),
             THEIRS_FP32: lambda wav=wav: run_theirs(wav),
-            OURS_BF16: lambda wav=wav: run_ours_bf16(wav),
+            OURS_BF16: lambda wav=wav: run_ours(wav, "bf16"),
+            THEIRS_BF16: lambda wav=wav: run_theirs(wav, "bf16"),
+            OURS_COMPILED: lambda wav=wav: run_ours(wav, "bf16", compiled),
         }
+        calls = {name: every[name] for name in sides}
         say(f"timing inference, batch {batch} x {opts.seconds:g} s ({opts.config}) with {opts.warmup} warm-up + "
             f"{opts.reps} rounds ...")
         series = alternate(calls, {name: batch * opts.seconds for name in calls}, opts.reps, opts.warmup, device,
                            say)
         diff = float((ours.extract_features(wav).last_hidden_state - run_theirs(wav).last_hidden_state).abs().max())
-        result["batches"][str(batch)] = {
+        ratios = {
+            "speed_fp32": speed_ratio(series[OURS_FP32], series[THEIRS_FP32]),
+            "speed_bf16_vs_fp32": speed_ratio(series[OURS_BF16], series[OURS_FP32]),
+            "speed_bf16_vs_reference_fp32": speed_ratio(series[OURS_BF16], series[THEIRS_FP32]),
+        }
+        if THEIRS_BF16 in series:
+            ratios["speed_bf16_vs_reference_bf16"] = speed_ratio(series[OURS_BF16], series[THEIRS_BF16])
+        if OURS_COMPILED in series:
+            ratios["speed_compiled_vs_bf16"] = speed_ratio(series[OURS_COMPILED], series[OURS_BF16])
+            if THEIRS_BF16 in series:
+                ratios["speed_compiled_vs_reference_bf16"] = speed_ratio(series[OURS_COMPILED], series[THEIRS_BF16])
+        entry: dict[str, Any] = {
             "sides": {name: s.to_dict("audio_s") for name, s in series.items()},
-            "ratios": {
-                "speed_fp32": speed_ratio(series[OURS_FP32], series[THEIRS_FP32]),
-                "speed_bf16_vs_fp32": speed_ratio(series[OURS_BF16], series[OURS_FP32]),
-                "speed_bf16_vs_reference_fp32": speed_ratio(series[OURS_BF16], series[THEIRS_FP32]),
-            },
+            "ratios": ratios,
             "bf16_cosine": bf16_cosine(ours, wav),
             "max_abs_diff_vs_reference": diff,
+            "peak_mb": None,
         }
+        if compiled is not None:
+            entry["compiled_max_abs_diff_vs_eager"] = float(
+                (run_ours(wav, "fp32", compiled).last_hidden_state - ours.extract_features(wav).last_hidden_state)
+                .abs().max())
+        if device.type == "cuda":  # peak memory of one call per side (the CPU's RSS cannot tell one call apart)
+            entry["peak_mb"] = {name: call_peak_mb(call, device) for name, call in calls.items()}
+            if THEIRS_BF16 in calls and entry["peak_mb"][THEIRS_BF16] > 0:
+                ratios["memory_bf16_vs_reference_bf16"] = entry["peak_mb"][OURS_BF16] / entry["peak_mb"][THEIRS_BF16]
+            if entry["peak_mb"][THEIRS_FP32] > 0:
+                ratios["memory_fp32"] = entry["peak_mb"][OURS_FP32] / entry["peak_mb"][THEIRS_FP32]
+        result["batches"][str(batch)] = entry
+    if compiled is not None:
+        from speechcl.models.compile import compile_counters
+
+        result["compile"] = compile_counters() | {"backend": opts.compile_backend or "default"}
     return result
 
 
@@ -110,11 +158,18 @@ def format_inference(result: dict[str, Any]) -> str:
     lines = [f"inference (all hidden states), {st['config']}, {st['seconds']:g} s utterances, {st['device']}, "
              f"{st['threads']} threads, transformers attention {st['transformers_attention']} "
              f"(medians of {st['reps']} alternated rounds after {st['warmup']} warm-up)"]
+    labels = {"speed_fp32": "ours/theirs fp32", "speed_bf16_vs_fp32": "ours bf16/fp32",
+              "speed_bf16_vs_reference_bf16": "ours bf16/theirs bf16",
+              "speed_compiled_vs_reference_bf16": "compiled/theirs bf16", "speed_compiled_vs_bf16": "compiled/eager bf16",
+              "memory_fp32": "peak ours/theirs fp32", "memory_bf16_vs_reference_bf16": "peak ours/theirs bf16"}
     for batch, entry in result["batches"].items():
         s, r = entry["sides"], entry["ratios"]
         lines.append(f"  batch {batch}: " + ", ".join(
-            f"{name} {s[name]['median_s']:.3f} s ({s[name]['audio_s_per_s']:.1f} audio s/s)" for name in SIDES))
-        lines.append(f"    ours/theirs fp32 {r['speed_fp32']:.2f}x   ours bf16/fp32 {r['speed_bf16_vs_fp32']:.2f}x   "
-                     f"bf16 cosine {entry['bf16_cosine']:.5f}   max |ours-theirs| fp32 "
+            f"{name} {s[name]['median_s']:.3f} s ({s[name]['audio_s_per_s']:.1f} audio s/s)" for name in SIDES
+            if name in s))
+        lines.append("    " + "   ".join(f"{label} {r[key]:.2f}x" for key, label in labels.items() if key in r)
+                     + f"   bf16 cosine {entry['bf16_cosine']:.5f}   max |ours-theirs| fp32 "
                      f"{entry['max_abs_diff_vs_reference']:.1e}")
+        if entry.get("peak_mb"):
+            lines.append("    peak memory: " + ", ".join(f"{name} {mb:.0f} MiB" for name, mb in entry["peak_mb"].items()))
     return "\n".join(lines)

@@ -94,13 +94,27 @@ def step_peak(step: Callable[[], object], device: torch.device) -> dict[str, Any
             "process_peak_mb": peak / _MB}
 
 
+def call_peak_mb(call: Callable[[], object], device: torch.device) -> float:
+    """Peak GPU memory one ``call`` allocates beyond what was allocated before it, in MiB
+    (``max_memory_allocated`` after ``reset_peak_memory_stats``); for GPUs only."""
+    if device.type != "cuda":
+        raise ValueError(f"call_peak_mb reads CUDA's allocator; got device {device}")
+    release_free_memory()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    call()
+    torch.cuda.synchronize(device)
+    return max(torch.cuda.max_memory_allocated(device) - before, 0) / _MB
+
+
 def measure_in_subprocess(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Run :func:`pretrain_side_peak` with ``spec`` in a fresh ``python -m speechcl.bench.memory`` process.
 
     ``spec`` holds the keyword arguments of :func:`pretrain_side_peak` (JSON values).
     """
     proc = subprocess.run([sys.executable, "-m", "speechcl.bench.memory", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout)  # (a hung side raises TimeoutExpired)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"memory measurement {spec} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -108,7 +122,7 @@ def measure_in_subprocess(spec: dict[str, Any], timeout: float | None = None) ->
 
 
 def pretrain_side_peak(side: str, config: str, batch: int, seconds: float, device: str, threads: int,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, compile_backend: str | None = None) -> dict[str, Any]:
     """Build one pretraining side (see :func:`speechcl.bench.pretrain.build_sides`), run a warm-up step,
     then measure one step with :func:`step_peak`."""
     from speechcl.bench.pretrain import build_sides, random_batch
@@ -118,7 +132,7 @@ def pretrain_side_peak(side: str, config: str, batch: int, seconds: float, devic
     if dev.type == "cpu":
         torch.set_num_threads(threads)
     wav = random_batch(batch, seconds, seed, dev)
-    step = build_sides(preset(config), wav, (side,), seed)[side]
+    step = build_sides(preset(config), wav, (side,), seed, compile_backend)[side]
     step()
     return step_peak(step, dev)
 

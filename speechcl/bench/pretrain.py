@@ -18,14 +18,21 @@ Both start from the same weights (:mod:`speechcl.bench.reference`) and use the t
 0.01), on the same random batch ``[batch, seconds · 16000]``. Loop bookkeeping (logging, gradient-norm,
 LR schedule) is outside the step on both sides.
 
+Sides: speechcl fp32 and bf16 against transformers fp32 always; transformers under the same bf16
+autocast too on a GPU (or with ``reference_bf16``), where the targets compare bf16 with bf16; and with
+``compile`` a speechcl bf16 side whose transformer layers are compiled (:mod:`speechcl.models.compile`,
+a separate copy of the same initial weights, so the eager sides stay eager).
+
 Peak memory is measured per side in a fresh process (:mod:`speechcl.bench.memory`: the peak RSS of a
 steady-state step above the RSS before it on CPU, ``max_memory_allocated`` on CUDA). FLOPs are counted
-once on our fp32 step (:func:`step_flops`) and divided by each side's median time.
+once on our fp32 step (:func:`step_flops`) and divided by each side's median time; the hardware's
+reference rates are large matmuls timed in the same run, float32 and bfloat16 (and TF32 on a GPU).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,7 +54,12 @@ from speechcl.utils.device import resolve_device
 
 SAMPLE_RATE = 16_000
 OURS_FP32, OURS_BF16, THEIRS_FP32, MATMUL = "speechcl_fp32", "speechcl_bf16", "transformers_fp32", "matmul_fp32"
-SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16)
+THEIRS_BF16, OURS_COMPILED = "transformers_bf16", "speechcl_bf16_compiled"
+SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16, THEIRS_BF16, OURS_COMPILED)
+"""Every side there is, in the order they are timed and printed."""
+CPU_SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16)
+"""The sides measured by default on CPU (the GPU default adds :data:`THEIRS_BF16`)."""
+PRECISION = {OURS_FP32: "fp32", THEIRS_FP32: "fp32", OURS_BF16: "bf16", THEIRS_BF16: "bf16", OURS_COMPILED: "bf16"}
 
 Step = Callable[[], float]
 """One training step; returns the loss per masked step it back-propagated."""
@@ -70,11 +82,25 @@ class PretrainBenchConfig:
     seed: int = 0
     memory: bool = True
     flops: bool = True
-    matmul_size: int = 2048
+    matmul_size: int | None = None  # n of the n x n reference matmuls (None: 2048 on CPU, 8192 on GPUs)
     trajectory_config: str | None = "small"
     trajectory_steps: int = 20
     trajectory_batch: int = 2
     trajectory_seconds: float = 2.0
+    reference_bf16: bool | None = None  # time transformers under bf16 autocast too (None: on GPUs)
+    compile: bool = False  # add the compiled speechcl bf16 side
+    compile_backend: str | None = None  # its torch.compile backend (None: speechcl.models.compile's default)
+
+    def sides(self, device: torch.device) -> tuple[str, ...]:
+        """The sides measured on ``device`` (see the module docstring)."""
+        reference_bf16 = device.type == "cuda" if self.reference_bf16 is None else self.reference_bf16
+        chosen = set(CPU_SIDES) | ({THEIRS_BF16} if reference_bf16 else set()) | ({OURS_COMPILED} if self.compile
+                                                                                   else set())
+        return tuple(name for name in SIDES if name in chosen)
+
+    def matmul_dtypes(self, device: torch.device) -> tuple[str, ...]:
+        """Reference matmul types (:data:`speechcl.bench.flops.MATMUL_DTYPES`): TF32 exists on GPUs only."""
+        return ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16")
 
 
 def random_batch(batch: int, seconds: float, seed: int, device: torch.device) -> Tensor:
@@ -107,9 +133,11 @@ def our_step(model: Wav2Vec2ForPretraining, optimizer: torch.optim.Optimizer, wa
     return step
 
 
-def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, wav: Tensor, seed: int) -> Step:
-    """transformers' training step on ``wav [B, S]`` as its pretraining example runs it (module docstring);
-    the mask and distractor helpers draw from numpy's global RNG, seeded here with ``seed``."""
+def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, wav: Tensor, seed: int,
+                   precision: str = "fp32") -> Step:
+    """transformers' training step on ``wav [B, S]`` as its pretraining example runs it (module docstring),
+    its forward under ``precision``'s autocast; the mask and distractor helpers draw from numpy's global
+    RNG, seeded here with ``seed``."""
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
     cfg = model.config
@@ -127,7 +155,8 @@ def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, wav: Tens
         negatives = _sample_negative_indices(shape, cfg.num_negatives, mask_time_indices=mask)
         mask_t = torch.tensor(mask, dtype=torch.long, device=device)
         negatives_t = torch.tensor(negatives, dtype=torch.long, device=device)
-        out = model(wav, mask_time_indices=mask_t, sampled_negative_indices=negatives_t)
+        with autocast(device, precision):
+            out = model(wav, mask_time_indices=mask_t, sampled_negative_indices=negatives_t)
         masked = mask_t.sum()
         (out.loss / masked).backward()
         optimizer.step()
@@ -137,11 +166,13 @@ def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, wav: Tens
     return step
 
 
-def build_sides(cfg: Wav2Vec2Config, wav: Tensor, sides: Sequence[str] = SIDES, seed: int = 0) -> dict[str, Step]:
+def build_sides(cfg: Wav2Vec2Config, wav: Tensor, sides: Sequence[str] = CPU_SIDES, seed: int = 0,
+                compile_backend: str | None = None) -> dict[str, Step]:
     """Training steps for the named ``sides`` (of :data:`SIDES`) on ``wav [B, S]``, from one seeded init.
 
-    The two speechcl sides share one model and optimizer (precision changes only the forward's compute
-    type); the transformers side gets a copy of the same initial weights and its own optimizer.
+    The eager speechcl sides share one model and optimizer (precision changes only the forward's compute
+    type), and so do the transformers sides, on a copy of the same initial weights; the compiled side
+    gets its own copy (compiled with ``compile_backend``) and optimizer.
     """
     unknown = sorted(set(sides) - set(SIDES))
     if unknown:
@@ -149,14 +180,23 @@ def build_sides(cfg: Wav2Vec2Config, wav: Tensor, sides: Sequence[str] = SIDES, 
     torch.manual_seed(seed)
     ours = Wav2Vec2ForPretraining(cfg).to(wav.device).train()
     steps: dict[str, Step] = {}
-    if THEIRS_FP32 in sides:
+    if OURS_COMPILED in sides:
+        from speechcl.models.compile import compile_encoder
+
+        compiled = copy.deepcopy(ours)
+        compile_encoder(compiled, backend=compile_backend)
+        steps[OURS_COMPILED] = our_step(compiled, build_optimizer(compiled, OptimConfig()), wav, "bf16", seed)
+    if THEIRS_FP32 in sides or THEIRS_BF16 in sides:
         theirs = reference_pretraining(ours).train()
-        steps[THEIRS_FP32] = reference_step(theirs, build_optimizer(theirs, OptimConfig()), wav, seed)
+        optimizer = build_optimizer(theirs, OptimConfig())
+        for name in (THEIRS_FP32, THEIRS_BF16):
+            if name in sides:
+                steps[name] = reference_step(theirs, optimizer, wav, seed, PRECISION[name])
     if OURS_FP32 in sides or OURS_BF16 in sides:
         optimizer = build_optimizer(ours, OptimConfig())
-        for name, precision in ((OURS_FP32, "fp32"), (OURS_BF16, "bf16")):
+        for name in (OURS_FP32, OURS_BF16):
             if name in sides:
-                steps[name] = our_step(ours, optimizer, wav, precision, seed)
+                steps[name] = our_step(ours, optimizer, wav, PRECISION[name], seed)
     return {name: steps[name] for name in sides}
 
 
@@ -208,22 +248,27 @@ def loss_trajectory(cfg: Wav2Vec2Config, steps: int, batch: int, seconds: float,
 def run_pretrain_bench(opts: PretrainBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time, measure and count the pretraining step (see the module docstring). Returns a JSON-able dict:
 
-    - ``sides``: per side ``median_s``, ``audio_s_per_s``, ``times_s``; plus ``matmul_fp32`` in GFLOP/s;
+    - ``sides``: per side ``median_s``, ``audio_s_per_s``, ``times_s``; plus ``matmul_<dtype>`` in GFLOP/s;
     - ``ratios``: ``speed_fp32`` (ours/theirs audio s/s), ``speed_bf16_vs_reference_fp32``,
-      ``speed_bf16_vs_fp32``, ``memory_fp32`` and ``memory_bf16`` (our step peak / theirs), ``flops_vs_matmul``
-      (achieved GFLOP/s of our fp32 step / matmul GFLOP/s);
+      ``speed_bf16_vs_fp32``, ``memory_fp32`` and ``memory_bf16`` (our step peak / theirs fp32),
+      ``flops_vs_matmul`` (achieved GFLOP/s of our fp32 step / fp32 matmul GFLOP/s),
+      ``flops_bf16_vs_matmul_bf16``; with the transformers bf16 side ``speed_bf16_vs_reference_bf16`` and
+      ``memory_bf16_vs_reference_bf16``; with the compiled side ``speed_compiled_vs_reference_bf16``,
+      ``speed_compiled_vs_bf16`` and ``flops_compiled_vs_matmul_bf16``;
     - ``memory`` (per side, :func:`speechcl.bench.memory.step_peak`), ``flops``, ``trajectory`` — each
-      ``None`` when switched off.
+      ``None`` when switched off; ``compile`` (graphs compiled) with the compiled side.
     """
     say = progress or (lambda _: None)
     device = resolve_device(opts.device)
     cfg = preset(opts.config)
     wav = random_batch(opts.batch, opts.seconds, opts.seed, device)
     audio = opts.batch * opts.seconds
+    sides = opts.sides(device)
+    matmul_size = opts.matmul_size or (8192 if device.type == "cuda" else 2048)
     result: dict[str, Any] = {
         "benchmark": "pretrain",
         "settings": {"config": opts.config, "batch": opts.batch, "seconds": opts.seconds, "reps": opts.reps,
-                     "warmup": opts.warmup, "matmul_size": opts.matmul_size, **environment(device)},
+                     "warmup": opts.warmup, "matmul_size": matmul_size, "sides": list(sides), **environment(device)},
     }
 
     flops = None
@@ -231,47 +276,73 @@ def run_pretrain_bench(opts: PretrainBenchConfig, progress: Callable[[str], None
         say(f"counting FLOPs of one {opts.config} training step ...")
         flops = step_flops(cfg, wav, opts.seed)
 
-    say(f"timing {', '.join(SIDES)} on {opts.batch} x {opts.seconds:g} s ({opts.config}) "
+    say(f"timing {', '.join(sides)} on {opts.batch} x {opts.seconds:g} s ({opts.config}) "
         f"with {opts.warmup} warm-up + {opts.reps} rounds ...")
-    calls: dict[str, Callable[[], object]] = dict(build_sides(cfg, wav, SIDES, opts.seed))
+    calls: dict[str, Callable[[], object]] = dict(build_sides(cfg, wav, sides, opts.seed, opts.compile_backend))
     work = {name: audio for name in calls}
-    if opts.flops:
-        calls[MATMUL], work[MATMUL] = matmul_call(opts.matmul_size, device)
+    matmuls = {f"matmul_{dtype}": dtype for dtype in opts.matmul_dtypes(device)} if opts.flops else {}
+    for name, dtype in matmuls.items():
+        calls[name], work[name] = matmul_call(matmul_size, device, repeats=10 if device.type == "cuda" else 4,
+                                              dtype=dtype)
     series = alternate(calls, work, opts.reps, opts.warmup, device, say)
     del calls
-    sides = {name: s.to_dict("audio_s" if name != MATMUL else "gflop") for name, s in series.items()}
-    result["sides"] = sides
+    result["sides"] = {name: s.to_dict("gflop" if name in matmuls else "audio_s") for name, s in series.items()}
     ratios = {
         "speed_fp32": speed_ratio(series[OURS_FP32], series[THEIRS_FP32]),
         "speed_bf16_vs_reference_fp32": speed_ratio(series[OURS_BF16], series[THEIRS_FP32]),
         "speed_bf16_vs_fp32": speed_ratio(series[OURS_BF16], series[OURS_FP32]),
     }
+    if THEIRS_BF16 in series:
+        ratios["speed_bf16_vs_reference_bf16"] = speed_ratio(series[OURS_BF16], series[THEIRS_BF16])
+    if OURS_COMPILED in series:
+        from speechcl.models.compile import compile_counters
+
+        ratios["speed_compiled_vs_bf16"] = speed_ratio(series[OURS_COMPILED], series[OURS_BF16])
+        if THEIRS_BF16 in series:
+            ratios["speed_compiled_vs_reference_bf16"] = speed_ratio(series[OURS_COMPILED], series[THEIRS_BF16])
+        result["compile"] = compile_counters() | {"backend": opts.compile_backend or "default"}
 
     result["flops"] = None
     if flops is not None:
-        matmul = series[MATMUL].speed
+        rates = {dtype: series[name].speed for name, dtype in matmuls.items()}
         result["flops"] = {
             "per_step_gflop": flops / 1e9,
             "gflop_per_audio_s": flops / 1e9 / audio,
-            **{f"{name}_gflop_per_s": flops / 1e9 / series[name].median for name in SIDES},
-            "matmul_gflop_per_s": matmul,
+            **{f"{name}_gflop_per_s": flops / 1e9 / series[name].median for name in sides},
+            "matmul_gflop_per_s": rates["fp32"],
+            **{f"matmul_{dtype}_gflop_per_s": rate for dtype, rate in rates.items()},
             "note": "model FLOPs of a full speechcl step (every layer run), also used for the other sides",
         }
-        ratios["flops_vs_matmul"] = result["flops"][f"{OURS_FP32}_gflop_per_s"] / matmul
+        achieved = {name: flops / 1e9 / series[name].median for name in sides}
+        ratios["flops_vs_matmul"] = achieved[OURS_FP32] / rates["fp32"]
+        ratios["flops_bf16_vs_matmul_bf16"] = achieved[OURS_BF16] / rates["bf16"]
+        if THEIRS_BF16 in achieved:
+            ratios["flops_reference_bf16_vs_matmul_bf16"] = achieved[THEIRS_BF16] / rates["bf16"]
+        if OURS_COMPILED in achieved:
+            ratios["flops_compiled_vs_matmul_bf16"] = achieved[OURS_COMPILED] / rates["bf16"]
 
     result["memory"] = None
     if opts.memory:
         memory = {}
-        for name in SIDES:
+        for name in sides:
             say(f"peak memory of one {name} step (fresh process) ...")
-            memory[name] = measure_in_subprocess({
-                "side": name, "config": opts.config, "batch": opts.batch, "seconds": opts.seconds,
-                "device": str(device), "threads": torch.get_num_threads(), "seed": opts.seed,
-            })
+            spec = {"side": name, "config": opts.config, "batch": opts.batch, "seconds": opts.seconds,
+                    "device": str(device), "threads": torch.get_num_threads(), "seed": opts.seed}
+            if name == OURS_COMPILED:
+                spec["compile_backend"] = opts.compile_backend
+            memory[name] = measure_in_subprocess(spec)
         result["memory"] = memory
-        theirs_peak = memory[THEIRS_FP32]["step_peak_mb"]
-        for key, name in (("memory_fp32", OURS_FP32), ("memory_bf16", OURS_BF16)):
-            ratios[key] = memory[name]["step_peak_mb"] / theirs_peak if theirs_peak > 0 else None
+
+        def peak_ratio(ours: str, theirs: str) -> float | None:
+            base = memory[theirs]["step_peak_mb"]
+            return memory[ours]["step_peak_mb"] / base if base > 0 else None
+
+        ratios["memory_fp32"] = peak_ratio(OURS_FP32, THEIRS_FP32)
+        ratios["memory_bf16"] = peak_ratio(OURS_BF16, THEIRS_FP32)
+        if THEIRS_BF16 in memory:
+            ratios["memory_bf16_vs_reference_bf16"] = peak_ratio(OURS_BF16, THEIRS_BF16)
+            if OURS_COMPILED in memory:
+                ratios["memory_compiled_vs_reference_bf16"] = peak_ratio(OURS_COMPILED, THEIRS_BF16)
     result["ratios"] = ratios
 
     result["trajectory"] = None
@@ -283,29 +354,48 @@ def run_pretrain_bench(opts: PretrainBenchConfig, progress: Callable[[str], None
     return result
 
 
+def _measured_sides(result: dict[str, Any]) -> list[str]:
+    return [name for name in SIDES if name in result["sides"]]
+
+
 def format_pretrain(result: dict[str, Any]) -> str:
     """Human-readable lines for a :func:`run_pretrain_bench` result."""
     s, r = result["sides"], result["ratios"]
     st = result["settings"]
+    sides = _measured_sides(result)
     lines = [f"pretraining step, {st['config']}, {st['batch']} x {st['seconds']:g} s, {st['device']}, "
              f"{st['threads']} threads (medians of {st['reps']} alternated rounds after {st['warmup']} warm-up)"]
-    for name in SIDES:
-        lines.append(f"  {name:<18} {s[name]['median_s']:8.3f} s/step  {s[name]['audio_s_per_s']:8.2f} audio s/s")
+    for name in sides:
+        lines.append(f"  {name:<22} {s[name]['median_s']:8.3f} s/step  {s[name]['audio_s_per_s']:8.2f} audio s/s")
     lines.append(f"  speed  ours/theirs fp32 {r['speed_fp32']:.2f}x   ours bf16/theirs fp32 "
                  f"{r['speed_bf16_vs_reference_fp32']:.2f}x   ours bf16/fp32 {r['speed_bf16_vs_fp32']:.2f}x")
+    extra = [(key, label) for key, label in (("speed_bf16_vs_reference_bf16", "ours bf16/theirs bf16"),
+                                             ("speed_compiled_vs_reference_bf16", "compiled/theirs bf16"),
+                                             ("speed_compiled_vs_bf16", "compiled/eager bf16")) if key in r]
+    if extra:
+        lines.append("  speed  " + "   ".join(f"{label} {r[key]:.2f}x" for key, label in extra))
+    if result.get("compile"):
+        lines.append(f"  compiled: {result['compile']['graphs']} graph(s), {result['compile']['graph_breaks']} "
+                     "graph break(s)")
     mem = result.get("memory")
     if mem:
         parts = [f"{name} {mem[name]['step_peak_mb']:.0f} MiB (process {mem[name]['process_peak_mb']:.0f})"
-                 for name in SIDES]
+                 for name in sides]
         lines.append(f"  step peak memory ({mem[OURS_FP32]['method']}): " + ", ".join(parts))
-        lines.append(f"  memory ours/theirs fp32 {_times(r['memory_fp32'])}   ours bf16/theirs fp32 "
-                     f"{_times(r['memory_bf16'])}")
+        line = (f"  memory ours/theirs fp32 {_times(r['memory_fp32'])}   ours bf16/theirs fp32 "
+                f"{_times(r['memory_bf16'])}")
+        if "memory_bf16_vs_reference_bf16" in r:
+            line += f"   ours bf16/theirs bf16 {_times(r['memory_bf16_vs_reference_bf16'])}"
+        lines.append(line)
     fl = result.get("flops")
     if fl:
+        achieved = ", ".join(f"{name} {fl[name + '_gflop_per_s']:.1f}" for name in sides)
+        matmuls = ", ".join(f"{key.removeprefix('matmul_').removesuffix('_gflop_per_s')} {value:.1f}"
+                            for key, value in fl.items() if key.startswith("matmul_") and key != "matmul_gflop_per_s")
         lines.append(f"  FLOPs {fl['per_step_gflop']:.1f} GFLOP/step ({fl['gflop_per_audio_s']:.1f} per audio s); "
-                     f"achieved: ours fp32 {fl[OURS_FP32 + '_gflop_per_s']:.1f}, theirs fp32 "
-                     f"{fl[THEIRS_FP32 + '_gflop_per_s']:.1f}, ours bf16 {fl[OURS_BF16 + '_gflop_per_s']:.1f} GFLOP/s; "
-                     f"fp32 matmul {fl['matmul_gflop_per_s']:.1f} GFLOP/s -> {r['flops_vs_matmul']:.0%} of matmul")
+                     f"achieved GFLOP/s: {achieved}")
+        lines.append(f"  matmul GFLOP/s: {matmuls} -> ours fp32 {r['flops_vs_matmul']:.0%} of fp32, ours bf16 "
+                     f"{r['flops_bf16_vs_matmul_bf16']:.0%} of bf16")
     tr = result.get("trajectory")
     if tr:
         lines.append(f"  bf16 vs fp32 training loss ({tr['config']}, {tr['steps']} steps from one init; objective "

@@ -198,6 +198,7 @@ def extract_to_directory(
     overwrite: bool = False,
     shard_bytes: int = 1 << 30,
     progress: bool = True,
+    compile: bool = False,
 ) -> ExtractionSummary:
     """Extract features of every input in ``source`` into ``output_dir`` (see the module docstring).
 
@@ -216,6 +217,8 @@ def extract_to_directory(
         shard_bytes: target size of a shard (``fmt="shards"``) or HDF5 part file (``fmt="hdf5"``): what is
             buffered in memory, and the most work a killed run loses.
         progress: show a progress bar (audio seconds per second) on stderr.
+        compile: ``torch.compile`` the transformer layers (:class:`~speechcl.features.extractor.FeatureExtractor`);
+            recorded in the settings, since its outputs differ from eager ones by float rounding.
 
     Returns:
         an :class:`ExtractionSummary`; inputs that failed are listed in ``failed`` and in
@@ -234,7 +237,8 @@ def extract_to_directory(
         normalize = meta.normalize if normalize is None else normalize
     normalize = bool(normalize)
     extractor = FeatureExtractor(model, layers, device=device, dtype=dtype, chunk_seconds=chunk_seconds,
-                                 overlap_seconds=overlap_seconds, max_tokens=max_tokens, normalize=normalize)
+                                 overlap_seconds=overlap_seconds, max_tokens=max_tokens, normalize=normalize,
+                                 compile=compile)
     items = select_shard(discover_inputs(source, extensions), *shard)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output_dir)  # what writers killed mid-write (kill -9) left behind
@@ -243,6 +247,7 @@ def extract_to_directory(
         "layers": ["last" if i is LAST else i for i in extractor.layers],
         "dtype": str(dtype).removeprefix("torch."), "chunk_seconds": chunk_seconds,
         "overlap_seconds": overlap_seconds if chunk_seconds is not None else None, "normalize": normalize,
+        **({"compile": True} if compile else {}),  # (absent when off: earlier output folders stay valid)
     }, overwrite)
     writer = make_writer(fmt, output_dir, shard, shard_bytes)
     summary = ExtractionSummary(inputs=len(items))

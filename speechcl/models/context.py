@@ -60,6 +60,10 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate q/k/v/out projections (fused kernel via SDPA).
 
+    Masks are boolean (True where a key may be attended) and ``None`` when nothing is masked, in every
+    mode: on CUDA, SDPA then runs the flash kernel on unmasked bf16/fp16 batches and the memory-efficient
+    kernel (which takes a mask, and dropout) on padded ones or in float32 — an additive float mask would
+    also work there but costs a ``[B, 1, 1, T]`` float tensor per call for nothing.
     In training with attention dropout on CPU the weights go through :func:`attention_with_dropout`.
     """
 
@@ -72,9 +76,11 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rows_attend: bool | None = None) -> Tensor:
         """``x [B, T, D]``; ``attn_mask [B, 1, 1, T]`` or ``[B, 1, T, T]`` bool, True where a key may be
-        attended."""
+        attended. ``rows_attend``: whether every query row of the mask has a key (:func:`every_row_attends`);
+        ``None`` computes it when needed — callers that run many layers pass it, so a compiled layer has
+        no data-dependent branch."""
         b, t, d = x.shape
         h = self.heads
 
@@ -83,11 +89,22 @@ class SelfAttention(nn.Module):
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         dropout = self.dropout if self.training else 0.0
-        if dropout > 0 and x.device.type == "cpu" and (attn_mask is None or bool(attn_mask.any(-1).all())):
-            y = attention_with_dropout(q, k, v, attn_mask, dropout)
+        if dropout > 0 and x.device.type == "cpu":
+            if rows_attend is None:
+                rows_attend = every_row_attends(attn_mask)
+            if rows_attend:
+                y = attention_with_dropout(q, k, v, attn_mask, dropout)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+def every_row_attends(attn_mask: Tensor | None) -> bool:
+    """Whether every query row of a boolean ``attn_mask`` (True = may attend) has at least one key; True
+    for ``None``. Reads the mask on the host (one synchronisation on a GPU)."""
+    return attn_mask is None or bool(attn_mask.any(-1).all())
 
 
 class TransformerLayer(nn.Module):
@@ -112,11 +129,12 @@ class TransformerLayer(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rows_attend: bool | None = None) -> Tensor:
+        """``x [B, T, D]``; ``attn_mask`` and ``rows_attend`` as :meth:`SelfAttention.forward`."""
         if self.layer_norm_first:
-            x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), attn_mask))
+            x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), attn_mask, rows_attend))
             return x + self._ffn(self.final_layer_norm(x))
-        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, attn_mask)))
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, attn_mask, rows_attend)))
         return self.final_layer_norm(x + self._ffn(x))
 
 
@@ -174,6 +192,9 @@ class ContextNetwork(nn.Module):
             t = x.shape[1]
             past = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[None, None]  # [1, 1, T, T]
             attn_mask = past if attn_mask is None else attn_mask & past
+        # the explicit CPU dropout path needs every row to have a key: decided once (on the host, where
+        # the mask lives on CPU), not in every layer
+        rows_attend = every_row_attends(attn_mask) if x.device.type == "cpu" else True
         x = x + self.pos_conv(x, causal)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
@@ -189,7 +210,7 @@ class ContextNetwork(nn.Module):
                 hidden.append(x)
             if skip is not None and skip[i]:
                 continue
-            x = layer(x, attn_mask)
+            x = layer(x, attn_mask, rows_attend)
         if return_hidden:
             hidden.append(x)
         if self.layer_norm_first:

@@ -86,6 +86,7 @@ class TrainerConfig:
     max_bad_item_share: float = 0.01  # stop when more than this share of training items cannot be read
     tensorboard: bool = True
     find_unused_parameters: bool = False
+    compile: bool = False  # torch.compile the encoder's transformer layers (speechcl.models.compile)
 
 
 @dataclass
@@ -188,8 +189,28 @@ def micro_seed(seed: int, epoch: int, global_batch: int) -> int:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters: the fused kernel (one launch for every parameter) when they
+    all live on a GPU, torch's default elsewhere (the per-parameter loop on CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             fused=True if fused else None)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's own kernel choice (fused or not, see
+    :func:`build_optimizer`): a checkpoint written on another device would otherwise bring its own
+    ``fused``/``foreach`` flags along, and ``step`` counters on the device its kernel wanted."""
+    flags = [(group.get("fused"), group.get("foreach")) for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, (fused, foreach) in zip(optimizer.param_groups, flags):
+        group["fused"], group["foreach"] = fused, foreach
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, Tensor):
+                where = p.device if fused or group.get("capturable") else torch.device("cpu")
+                if step.device != where:
+                    optimizer.state[p]["step"] = step.to(device=where, dtype=torch.float32)
 
 
 def _groups(loader: ResumableLoader, size: int) -> Iterator[list[tuple[int, dict[str, Tensor]]]]:
@@ -206,6 +227,8 @@ def _groups(loader: ResumableLoader, size: int) -> Iterator[list[tuple[int, dict
 
 
 def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """The batch's tensors on ``device``; asynchronous host-to-GPU copies from the loader's pinned memory
+    (``pin_memory`` defaults to on where CUDA is available, :class:`~speechcl.data.loader.ResumableLoader`)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
@@ -425,6 +448,12 @@ def _setup(model: nn.Module, task: Task, train_loader: ResumableLoader, valid_lo
         raise ValueError(f"trainer.update_freq must be >= 1, got {cfg.update_freq}")
     torch.manual_seed(cfg.seed)
     model.to(device).train()
+    if cfg.compile:
+        from speechcl.models.compile import compile_encoder
+
+        layers = compile_encoder(model)
+        if info.is_main:
+            log.info("trainer.compile: %d transformer layers compiled (dynamic shapes)", layers)
     optimizer = build_optimizer(model, optim_cfg)
     return _Run(model=model, task=task, train_loader=train_loader, valid_loader=valid_loader, exp_dir=exp_dir,
                 cfg=cfg, clip_norm=optim_cfg.clip_norm, device=device, precision=precision, info=info,
@@ -442,7 +471,7 @@ def _resume(run: _Run) -> Progress:
     if run.ckpt.exists("last"):
         state = run.ckpt.load("last", run.model, map_location="cpu")
         run.model.to(run.device)
-        run.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(run.optimizer, state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
         run.train_loader.load_state_dict(state["loader"])
@@ -494,7 +523,8 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
         seed = micro_seed(run.cfg.seed, progress.epoch, position * info.world_size + info.rank)
         torch.manual_seed(seed)
         generator = torch.Generator(device).manual_seed(seed + 1)
-        batch = _to_device(batch, device)
+        audio_seconds = 0.0 if batch.get("stand_in") else float((~batch["padding_mask"]).sum()) / 16000.0
+        batch = _to_device(batch, device)  # (counted on the host copy above: no wait for the device)
         sync = info.enabled and i < len(group) - 1
         assert run.ddp_model is not None
         with run.ddp_model.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
@@ -506,8 +536,7 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
         sample_size += out.sample_size
         loss_sum += out.loss.detach().double()
         _merge(stats, out.stats)
-        _merge(stats, {"audio_seconds": 0.0 if batch.get("stand_in")
-                       else float((~batch["padding_mask"]).sum()) / 16000.0})
+        _merge(stats, {"audio_seconds": audio_seconds})
     new_bad = [(path, reason) for _, path, reason in bad if path not in progress.bad_items]
     out_of_time = _over_budget(progress.seconds(), run.cfg)
     totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum), float(len(new_bad)), float(stop),
@@ -617,6 +646,10 @@ def _log_train(run: _Run, progress: Progress, window: _Window, lr: float) -> Non
     summary |= {"lr": lr, "grad_norm": sums["grad_norm_sum"] / max(sums["updates"], 1.0),
                 "audio_s_per_s": sums.get("audio_seconds", 0.0) / max(elapsed, 1e-9),
                 "nonfinite_skipped": float(progress.nonfinite_skipped)}
+    if run.cfg.compile:  # graphs compiled so far: a count that keeps growing means recompilation per batch
+        from speechcl.models.compile import compile_counters
+
+        summary["compile_graphs"] = float(compile_counters()["graphs"])
     run.logger.log("train", progress.num_updates, summary)
     for message in run.task.check(summary, progress.num_updates):
         run.logger.warn(message)

@@ -25,7 +25,12 @@ from speechcl.bench.extraction import ExtractBenchConfig, run_extract_bench, wri
 from speechcl.bench.flops import count_flops, matmul_call  # noqa: E402
 from speechcl.bench.inference import InferenceBenchConfig, run_inference_bench  # noqa: E402
 from speechcl.bench.memory import measure_in_subprocess, step_peak  # noqa: E402
-from speechcl.bench.pretrain import PretrainBenchConfig, loss_trajectory, run_pretrain_bench  # noqa: E402
+from speechcl.bench.pretrain import (  # noqa: E402
+    PretrainBenchConfig,
+    format_pretrain,
+    loss_trajectory,
+    run_pretrain_bench,
+)
 from speechcl.bench.reference import reference_pretraining  # noqa: E402
 from speechcl.models.config import preset  # noqa: E402
 from speechcl.models.feature_encoder import FeatureEncoder  # noqa: E402
@@ -246,3 +251,125 @@ def test_cli_inference_quick_reports_the_measured_ratios(tmp_path, capsys):
 def test_cli_rejects_bad_batch_sizes(capsys):
     assert run_verb("speechcl.bench.commands", ["bench", "inference", "--quick", "--batch-sizes", "x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pretrain_bench_with_the_gpu_sides():
+    """What a GPU run adds, on CPU: transformers under bf16 autocast, the compiled speechcl side (graph
+    capture only here), bf16 and fp32 matmul references, and the ratios the GPU targets read."""
+    from speechcl.bench.pretrain import OURS_COMPILED, THEIRS_BF16
+
+    result = run_pretrain_bench(PretrainBenchConfig(
+        config="tiny", batch=2, seconds=1.0, reps=1, warmup=1, memory=False, matmul_size=64,
+        trajectory_config=None, reference_bf16=True, compile=True, compile_backend="aot_eager"))
+    json.dumps(result)
+    assert result["settings"]["sides"] == ["speechcl_fp32", "transformers_fp32", "speechcl_bf16", THEIRS_BF16,
+                                           OURS_COMPILED]
+    assert {"matmul_fp32", "matmul_bf16"} <= set(result["sides"]) and "matmul_tf32" not in result["sides"]
+    r = result["ratios"]
+    for key in ("speed_bf16_vs_reference_bf16", "speed_compiled_vs_reference_bf16", "speed_compiled_vs_bf16",
+                "flops_bf16_vs_matmul_bf16", "flops_compiled_vs_matmul_bf16"):
+        assert r[key] > 0, key
+    fl = result["flops"]
+    assert r["flops_bf16_vs_matmul_bf16"] == pytest.approx(fl["speechcl_bf16_gflop_per_s"] / fl["matmul_bf16_gflop_per_s"])
+    assert result["compile"]["graphs"] >= 1 and result["compile"]["graph_breaks"] == 0
+    assert "compiled/theirs bf16" in format_pretrain(result)
+
+
+def test_matmul_reference_types():
+    call, gflop = matmul_call(32, CPU, repeats=2, dtype="bf16")
+    assert count_flops(call) == pytest.approx(gflop * 1e9)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    call, _ = matmul_call(16, CPU, repeats=1, dtype="tf32")
+    call()
+    assert torch.backends.cuda.matmul.allow_tf32 == saved  # switched on for the call only
+    with pytest.raises(ValueError, match="dtype"):
+        matmul_call(16, CPU, dtype="fp8")
+
+
+def test_gpu_results_are_judged_against_the_gpu_targets():
+    def rows(results: dict) -> dict[str, str]:
+        return {r["target"]: r["status"] for r in report.summarize(results)}
+
+    gpu = {"pretrain": {"settings": {"device": "cuda"}, "ratios": {
+        "speed_bf16_vs_reference_bf16": 1.6, "flops_bf16_vs_matmul_bf16": 0.39, "memory_bf16_vs_reference_bf16": 0.8,
+        "speed_fp32": 1.0}},
+        "inference": {"batches": {"16": {"ratios": {"speed_bf16_vs_reference_bf16": 1.29}}}},
+        "extract": {"ratios": {"speed": 3.0}}}
+    status = rows(gpu)
+    assert status["pretrain bf16: speed vs transformers bf16"] == "PASS"
+    assert status["pretrain bf16: GFLOP/s vs bf16 matmul"] == "MISS"  # at least 40%
+    assert status["pretrain bf16: step peak memory vs transformers bf16"] == "PASS"  # at most 0.8
+    assert status["inference bf16 (batch 16): speed vs transformers bf16"] == "MISS"  # at least 1.3
+    assert status["extraction: files/s vs transformers loop"] == "PASS"  # at least 3
+    assert status["pretrain bf16 compiled: speed vs transformers bf16"] == "n/a"
+    cpu = {"pretrain": {"settings": {"device": "cpu"}, "ratios": {"speed_fp32": 1.0}}}
+    assert rows(cpu)["pretrain fp32: speed vs transformers fp32"] == "MISS"
+    assert not any("transformers bf16" in t for t in rows(cpu))
+
+
+def test_count_syncs_finds_each_host_read_by_line():
+    from speechcl.bench.syncs import count_syncs
+
+    x = torch.arange(6.0)
+    lines = {}
+
+    def fn() -> None:
+        import inspect
+
+        here = inspect.currentframe().f_lineno
+        x.sum().item()
+        bool((x > 2).any())
+        x.tolist()
+        x[x > 2]
+        torch.arange(3).repeat_interleave(torch.tensor([1, 2, 3]))
+        torch.arange(3).repeat_interleave(torch.tensor([1, 2, 3]), output_size=6)  # no read: its size is given
+        x + 1
+        lines["first"] = here + 1
+    result = count_syncs(fn, CPU)
+    assert result["total"] == 5
+    counted = sorted(int(s["site"].rsplit(":", 1)[1]) for s in result["sites"])
+    assert counted == [lines["first"] + i for i in range(5)]
+    assert all(s["site"].startswith("tests/bench/test_bench.py:") for s in result["sites"])
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([p])
+    p.grad = torch.ones(3)
+    assert count_syncs(optimizer.step, CPU)["total"] == 0  # the CPU optimizer's counters: host-side anyway
+
+
+def test_inference_bench_with_the_gpu_sides():
+    result = run_inference_bench(InferenceBenchConfig(config="tiny", seconds=1.0, batch_sizes=(2,), reps=1,
+                                                      warmup=0, reference_bf16=True))
+    entry = result["batches"]["2"]
+    assert set(entry["sides"]) == {"speechcl_fp32", "transformers_fp32", "speechcl_bf16", "transformers_bf16"}
+    assert entry["ratios"]["speed_bf16_vs_reference_bf16"] > 0 and entry["peak_mb"] is None  # (CUDA only)
+
+
+def test_extract_command_lines_carry_workers_and_compile(tmp_path):
+    from speechcl.bench.extraction import speechcl_argv
+
+    plain = speechcl_argv(tmp_path, tmp_path, tmp_path, 1, "cpu")
+    assert "--num-workers" not in plain and "--compile" not in plain
+    tuned = speechcl_argv(tmp_path, tmp_path, tmp_path, 1, "cuda", workers=4, compile=True)
+    assert tuned[tuned.index("--num-workers") + 1] == "4" and "--compile" in tuned
+
+
+def test_the_transformers_bf16_side_runs_under_autocast():
+    from speechcl.bench.pretrain import THEIRS_BF16, THEIRS_FP32, build_sides, random_batch
+
+    dtypes: dict[str, set] = {}
+    current = []
+
+    def hook(module, args, output):
+        if type(module).__module__.startswith("transformers") and isinstance(output, torch.Tensor):
+            dtypes.setdefault(current[0], set()).add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        wav = random_batch(1, 0.5, 0, CPU)
+        for name, step in build_sides(preset("tiny"), wav, (THEIRS_FP32, THEIRS_BF16)).items():
+            current[:] = [name]
+            step()
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in dtypes[THEIRS_BF16] and torch.bfloat16 not in dtypes[THEIRS_FP32]
