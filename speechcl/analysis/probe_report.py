@@ -73,3 +73,43 @@ def plot_png(result: ProbeResult) -> bytes:
 def write_outputs(result: ProbeResult, output: str | os.PathLike) -> None:
     """``results.json``, ``results.md`` and ``<task>_layers.png`` in ``output`` (each atomically)."""
     write_report(output, result.to_dict(), markdown_table(result), f"{result.task}_layers.png", plot_png(result))
+
+
+def comparison_png(runs: dict[str, dict[str, dict]]) -> bytes:
+    """Several models' probes side by side as PNG bytes: one panel per task, the test metric against the
+    layer for each model (its weighted sum as a marker at the right), chance dashed.
+
+    Args:
+        runs: ``{model name: {task: results.json of `speechcl probe`}}``; a model may lack a task.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = sorted({task for results in runs.values() for task in results})
+    if not tasks:
+        raise ValueError("comparison_png needs at least one model with at least one probe result")
+    fig = Figure(figsize=(4.2 * len(tasks), 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, task in enumerate(tasks):
+        ax = fig.add_subplot(1, len(tasks), i + 1)
+        chance, metric, last = None, "", 0
+        for name, results in runs.items():
+            if task not in results:
+                continue
+            r = results[task]
+            layers = [int(k) for k in r["per_layer"]]
+            line, = ax.plot(layers, list(r["per_layer"].values()), marker="o", markersize=3, label=name)
+            last = max(last, max(layers) + 1)
+            ax.plot([last], [r["weighted_sum"]], marker="*", markersize=9, color=line.get_color())
+            chance, metric = r["chance"], r["metric"]
+        if chance is not None:
+            ax.axhline(chance, color="gray", linestyle=":", label="chance")
+        ax.set_title(f"{task} ({metric}; * weighted sum)", fontsize="medium")
+        ax.set_xlabel("hidden state")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
