@@ -7,13 +7,15 @@ for the wav2vec 2.0 stack), so every label lands on exactly one encoder frame:
 
 - :class:`MfccFeatures`: Kaldi MFCCs (``torchaudio.compliance.kaldi.mfcc``, as fairseq's HuBERT
   ``dump_mfcc_feature.py``: 13 cepstra, no energy, 23 mel bins, Povey window, pre-emphasis 0.97, no dither)
-  with Δ and ΔΔ (``torchaudio.functional.compute_deltas``, window 5): 39 dims. The window is 25 ms (400
-  samples) and the shift the encoder's frame stride (320 samples = 20 ms, where fairseq used 10 ms and then
-  kept every other label), without edge padding, so MFCC frame ``t`` covers samples ``[320 t, 320 t + 400)``:
-  encoder frame ``t``'s receptive field. Its count ``1 + (S − 400) // 320`` then equals ``frames(S)``; for
-  a conv stack whose receptive field is not 400 samples the counts can differ by a frame or two at the end,
-  and the sequence is made to match by dropping trailing frames or repeating the last one (audio shorter
-  than one window is zero-padded to one window first).
+  with Δ and ΔΔ (``torchaudio.functional.compute_deltas``, window 5): 39 dims. As in HuBERT (MFCC + deltas at
+  10 ms, 100 Hz labels of which the 50 Hz model takes every second), the MFCCs and their deltas are computed
+  at half the encoder's frame stride (160 samples = 10 ms for the 320-sample stack, so Δ spans ±20 ms) and
+  every second frame is kept. The window is 25 ms (400 samples), without edge padding, so kept frame ``t``
+  covers samples ``[320 t, 320 t + 400)``: encoder frame ``t``'s receptive field. Its count
+  ``ceil((1 + (S − 400) // 160) / 2) = 1 + (S − 400) // 320`` then equals ``frames(S)``; for a conv stack
+  whose receptive field is not 400 samples the counts can differ by a frame or two at the end, and the
+  sequence is made to match by dropping trailing frames or repeating the last one (audio shorter than one
+  window is zero-padded to one window first). An odd frame stride is used as the shift itself.
 - :class:`ModelFeatures`: hidden state ``layer`` of any model :func:`speechcl.load_model` reads (index 0 =
   input to the first transformer layer, ``i`` = output of layer ``i``, as ``speechcl extract --layers``),
   through :class:`~speechcl.features.extractor.FeatureExtractor`. Its frame count must equal ``frames(S)`` of
@@ -76,6 +78,8 @@ class MfccFeatures:
                              f"{window_ms}, {deltas}")
         self.conv_layers = [(0, int(s[-2]), int(s[-1])) for s in conv_layers]
         self.stride = int(frame_geometry(conv_layers)["frame_stride"])
+        self.step = 2 if self.stride % 2 == 0 else 1  # MFCC frames per encoder frame
+        self.shift = self.stride // self.step  # MFCC (and delta) frame shift in samples: 160 for stride 320
         self.num_ceps = num_ceps
         self.window_ms = window_ms
         self.window = int(round(window_ms * SAMPLE_RATE / 1000))
@@ -87,33 +91,39 @@ class MfccFeatures:
 
     def describe(self) -> dict[str, Any]:
         return {"features": "mfcc", "num_ceps": self.num_ceps, "window_ms": self.window_ms,
-                "shift_samples": self.stride, "deltas": self.deltas, "dim": self.dim,
+                "shift_samples": self.shift, "frame_step": self.step, "deltas": self.deltas, "dim": self.dim,
                 "implementation": "torchaudio.compliance.kaldi.mfcc (use_energy=False, dither=0, snip_edges) + "
-                                  "torchaudio.functional.compute_deltas (win_length=5)",
-                "frame_alignment": f"MFCC frame t covers samples [{self.stride} t, {self.stride} t + {self.window}); "
+                                  "torchaudio.functional.compute_deltas (win_length=5), both at shift_samples; "
+                                  "every frame_step-th frame kept (HuBERT: 10 ms MFCC + deltas, 20 ms labels)",
+                "frame_alignment": f"kept frame t covers samples [{self.stride} t, {self.stride} t + {self.window}); "
                                    "counts are made equal to the encoder's by dropping trailing frames or "
                                    "repeating the last one (none is needed when its receptive field is "
                                    f"{self.window} samples)"}
 
-    def one(self, wave: Tensor) -> np.ndarray:
-        """``[frames(S), dim]`` float32 for ``wave [S]`` at 16 kHz."""
+    def raw(self, wave: Tensor) -> np.ndarray:
+        """``[n, dim]`` float32 for ``wave [S]`` (``S >= window``): MFCC + deltas at ``shift`` samples, every
+        ``step``-th frame kept; ``n = ceil((1 + (S - window) // shift) / step)``, before :func:`match_frames`."""
         from torchaudio.compliance import kaldi
         from torchaudio.functional import compute_deltas
 
+        mfcc = kaldi.mfcc(wave.float().reshape(1, -1), sample_frequency=SAMPLE_RATE, frame_length=self.window_ms,
+                          frame_shift=1000.0 * self.shift / SAMPLE_RATE, num_ceps=self.num_ceps, use_energy=False,
+                          dither=0.0, snip_edges=True)  # [n * step, num_ceps]
+        parts = [mfcc.t()]
+        for _ in range(self.deltas):
+            parts.append(compute_deltas(parts[-1], win_length=5))  # at the fine shift, as HuBERT
+        feats = torch.cat(parts, dim=0).t()[:: self.step]
+        return feats.contiguous().numpy().astype(np.float32)
+
+    def one(self, wave: Tensor) -> np.ndarray:
+        """``[frames(S), dim]`` float32 for ``wave [S]`` at 16 kHz."""
         frames = int(num_label_frames([wave.numel()], self.conv_layers)[0])
         if frames == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         wave = wave.float().reshape(1, -1)
         if wave.shape[1] < self.window:
             wave = torch.nn.functional.pad(wave, (0, self.window - wave.shape[1]))
-        mfcc = kaldi.mfcc(wave, sample_frequency=SAMPLE_RATE, frame_length=self.window_ms,
-                          frame_shift=1000.0 * self.stride / SAMPLE_RATE, num_ceps=self.num_ceps, use_energy=False,
-                          dither=0.0, snip_edges=True)  # [n, num_ceps]
-        parts = [mfcc.t()]
-        for _ in range(self.deltas):
-            parts.append(compute_deltas(parts[-1], win_length=5))
-        feats = torch.cat(parts, dim=0).t().contiguous().numpy().astype(np.float32)  # [n, dim]
-        return match_frames(feats, frames)
+        return match_frames(self.raw(wave), frames)
 
     def __call__(self, waves: Sequence[Tensor], names: Sequence[str]) -> list[np.ndarray]:
         return [self.one(w) for w in waves]

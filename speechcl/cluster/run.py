@@ -9,19 +9,21 @@ For a manifest folder ``DIR``, splits ``S1 S2 …`` and a label name ``ext``:
    (:mod:`speechcl.cluster.kmeans`). The centres go to ``DIR/<ext>.centers.npy`` and ``DIR/<ext>.json`` records
    the settings.
 2. **label** — every split's utterances, in manifest order and ``chunk_size`` at a time, get the label of each
-   frame's nearest centre (cached per chunk in ``DIR/.<ext>.cluster/labels/<split>/``); when all chunks are
-   there ``DIR/<split>.<ext>`` is written (one line per manifest line: :mod:`speechcl.data.frame_labels`) and the
-   split is entered in ``<ext>.json`` with its statistics.
+   frame's nearest centre (cached per chunk in ``DIR/.<ext>.cluster/labels/<split>-<manifest digest>/``, so
+   chunks of an earlier version of the manifest are never reused); when all chunks are there
+   ``DIR/<split>.<ext>`` is written (one line per manifest line: :mod:`speechcl.data.frame_labels`) and the
+   split is entered in ``<ext>.json`` with its statistics and its manifest's digest.
 
-Every file is written atomically; SIGTERM/SIGINT stop the run after the current chunk (:class:`Preempted`). A rerun with the same settings skips what is done (the fit, finished splits,
-cached chunks), so an interrupted run continues; a new split is labelled with the existing centres. Other
-settings for an existing ``ext`` are refused unless ``overwrite``. The cache folder is removed once every split
-asked for is done (``keep_cache`` keeps it).
+Every file is written atomically; SIGTERM/SIGINT stop the run after the current chunk (:class:`Preempted`). A
+rerun with the same settings skips what is done (the fit, finished splits, cached chunks), so an interrupted
+run continues; a new split is labelled with the existing centres. Other settings for an existing ``ext`` are
+refused unless ``overwrite``, which then removes the earlier run's record, centres, labels and cache (with
+equal settings ``overwrite`` removes nothing, so an interrupted ``overwrite`` run continues too). The cache
+folder is removed once every split asked for is done (``keep_cache`` keeps it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -38,7 +40,14 @@ from tqdm import tqdm
 from speechcl.audio.io import SAMPLE_RATE, AudioError, load_audio
 from speechcl.cluster.features import FrameFeatures
 from speechcl.cluster.kmeans import KMeansConfig, assign_labels, fit_kmeans
-from speechcl.data.frame_labels import format_line, frame_geometry, info_path, labels_path, num_label_frames
+from speechcl.data.frame_labels import (
+    format_line,
+    frame_geometry,
+    info_path,
+    labels_path,
+    manifest_digest,
+    num_label_frames,
+)
 from speechcl.data.manifest import Manifest, read_manifest
 from speechcl.objectives.hubert import perplexity
 from speechcl.utils.io import atomic_path, atomic_write_json, remove_stale_temporaries, write_lines
@@ -55,10 +64,6 @@ class ClusterSummary:
     labelled: list[str] = field(default_factory=list)  # splits written by this run
     skipped: list[str] = field(default_factory=list)  # splits that were done already
     seconds: float = 0.0
-
-
-def manifest_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def centres_path(manifest_dir: Path, ext: str) -> Path:
@@ -170,12 +175,14 @@ def _cluster(manifest_dir: Path, splits: Sequence[str], source: FrameFeatures, k
     work = manifest_dir / f".{ext}.cluster"
     info_file = info_path(manifest_dir, ext)
     info = _read_info(info_file)
-    if info is not None and info.get("settings") != settings and not overwrite:
-        raise ValueError(f"{info_file}: labels '{ext}' were made with other settings "
-                         f"({_diff(info.get('settings'), settings)}); pass --overwrite to replace them, or choose "
-                         "another --ext")
-    if overwrite:  # nothing of the earlier run is kept: its cache, centres, record and label files
-        done = list((info or {}).get("splits", {}))
+    if info is not None and info.get("settings") != settings:
+        if not overwrite:
+            raise ValueError(f"{info_file}: labels '{ext}' were made with other settings "
+                             f"({_diff(info.get('settings'), settings)}); pass --overwrite to replace them, or "
+                             "choose another --ext")
+        # nothing of the replaced run is kept: its cache, centres, record and label files (with the same settings,
+        # --overwrite keeps them, so an interrupted --overwrite run continues when rerun)
+        done = list(info.get("splits", {}))
         for stale in (work, info_file, centres_path(manifest_dir, ext), *(labels_path(manifest_dir, s, ext) for s in done)):
             if stale.is_dir():
                 shutil.rmtree(stale)
@@ -184,7 +191,7 @@ def _cluster(manifest_dir: Path, splits: Sequence[str], source: FrameFeatures, k
         info = None
     work.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(work)
-    _check_work_settings(work, settings, overwrite)
+    _check_work_settings(work, settings)
 
     summary = ClusterSummary()
     if info is None or not centres_path(manifest_dir, ext).is_file():
@@ -245,15 +252,16 @@ def _diff(old: Any, new: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys) or "none"
 
 
-def _check_work_settings(work: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    """The cache folder belongs to one set of settings: a stale one is cleared (its chunks would not fit)."""
+def _check_work_settings(work: Path, settings: dict[str, Any]) -> None:
+    """The cache folder belongs to one set of settings: one made with others is cleared (its chunks would not
+    fit); one with these settings is kept, whatever --overwrite says."""
     path = work / "settings.json"
     if path.is_file():
         try:
             same = json.loads(path.read_text()) == settings
         except (json.JSONDecodeError, UnicodeDecodeError):
             same = False
-        if same and not overwrite:
+        if same:
             return
         for child in work.iterdir():
             if child.is_dir():
@@ -295,7 +303,7 @@ def _fit(split: _Split, source: FrameFeatures, kmeans: KMeansConfig, work: Path,
 
 def _label_split(split: _Split, source: FrameFeatures, centres: np.ndarray, work: Path, manifest_dir: Path,
                  ext: str, chunk_size: int, progress: bool, stop: Preemption) -> dict[str, Any]:
-    folder = work / "labels" / split.name
+    folder = work / "labels" / f"{split.name}-{split.digest}"  # chunks of another version of the manifest don't fit
     n = len(split.manifest)
     chunks = _chunks(range(n), chunk_size)
     pending = [c for c in range(len(chunks)) if not (folder / f"chunk-{c:05d}.npy").is_file()]

@@ -19,6 +19,7 @@ silent shift.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -85,8 +86,10 @@ def read_label_info(manifest_dir: str | os.PathLike, ext: str) -> dict[str, Any]
 def check_label_geometry(info: dict[str, Any], conv_layers: Sequence[ConvSpec], source: str) -> None:
     """Raise ``ValueError`` when labels described by ``info`` follow another frame formula than ``conv_layers``."""
     recorded = info.get("conv_layers")
-    if recorded is None:
-        return
+    if not isinstance(recorded, list) or not all(isinstance(p, list) and len(p) == 2 for p in recorded):
+        raise ValueError(f"{source} records no frame formula ('conv_layers': [[kernel, stride], ...], got "
+                         f"{recorded!r}), so the labels cannot be checked against the encoder's frames: re-run "
+                         "speechcl cluster (with --overwrite) to make them with this version")
     ours = frame_geometry(conv_layers)
     if [tuple(p) for p in recorded] != [tuple(p) for p in ours["conv_layers"]]:
         raise ValueError(
@@ -94,6 +97,29 @@ def check_label_geometry(info: dict[str, Any], conv_layers: Sequence[ConvSpec], 
             f"{info.get('receptive_field')} samples (conv (kernel, stride) {recorded}), but the model's encoder "
             f"makes frames of stride {ours['frame_stride']} and field {ours['receptive_field']} "
             f"({ours['conv_layers']}): re-run speechcl cluster with --frames-for matching model=")
+
+
+def manifest_digest(path: str | os.PathLike) -> str:
+    """What ``<ext>.json`` records of the manifest a split's labels were made for (a hash of its bytes)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_label_split(info: dict[str, Any], manifest: str | os.PathLike, ext: str, source: str) -> None:
+    """Raise ``ValueError`` unless ``info["splits"]`` holds the split of ``manifest`` (``DIR/<split>.tsv``) made
+    from this very manifest (its recorded digest equals :func:`manifest_digest` of the file now)."""
+    manifest = Path(manifest)
+    split = manifest.stem
+    redo = (f"re-run speechcl cluster {manifest.parent} --splits {split} --ext {ext} (with the settings of the "
+            "other splits)")
+    splits = info.get("splits")
+    entry = splits.get(split) if isinstance(splits, dict) else None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{source} has no finished split '{split}' (its labels are missing or were not completed): "
+                         f"{redo}")
+    if entry.get("manifest") != manifest_digest(manifest):
+        raise ValueError(f"{source}: the labels of '{split}' were made for another version of {manifest} (digest "
+                         f"{entry.get('manifest')!r}, now {manifest_digest(manifest)!r}); the manifest changed "
+                         f"since: {redo}")
 
 
 def format_line(labels: np.ndarray) -> str:

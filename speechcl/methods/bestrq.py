@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from speechcl.methods.base import Method, MethodOutput
+from speechcl.methods.hubert import stuck_threshold
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.feature_encoder import conv_geometry
 from speechcl.models.masking import compute_span_mask
@@ -229,7 +230,7 @@ class BestRQ(Method):
 
     def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
         best_guess = max(summary["chance"], summary["majority"])
-        if num_updates >= STUCK_AFTER and summary["accuracy"] < 1.5 * best_guess:
+        if num_updates >= STUCK_AFTER and summary["accuracy"] < stuck_threshold(best_guess):
             return [f"{self.name}: masked accuracy {summary['accuracy']:.3f} is still near the best constant guess "
                     f"({best_guess:.3f}) after {num_updates} updates: lower optim.lr, raise data.max_tokens, "
                     "or use a smaller objective.codebook_size"]

@@ -35,6 +35,13 @@ if TYPE_CHECKING:
     from speechcl.audio.augment import Augmenter
 
 
+def stuck_threshold(best_guess: float) -> float:
+    """Accuracy under which a run still looks stuck at the best constant guess ``p`` (its share of the masked
+    frames): ``min(1.5 p, (1 + p) / 2)``, i.e. 1.5x the guess, or half the way from it to 1 when 1.5 p would
+    leave no room (``p >= 2/3``) so the warning can always clear."""
+    return min(1.5 * best_guess, (1.0 + best_guess) / 2.0)
+
+
 @dataclass
 class HubertConfig:
     """``objective=hubert`` settings (HuBERT BASE: the paper and fairseq ``hubert_base_librispeech``)."""
@@ -52,7 +59,7 @@ class HubertConfig:
     # lr 5e-4), which must not trip it
     collapse_after: int = 1000
     collapse_perplexity: float = 1.1  # stop when the predicted labels' perplexity is below this
-    stuck_after: int = 1000  # warn when accuracy is still under 1.5x chance after this many updates (speechcl)
+    stuck_after: int = 1000  # warn when accuracy is still near chance after this many updates (stuck_threshold)
 
 
 class Hubert(Method):
@@ -170,7 +177,7 @@ class Hubert(Method):
 
     def check(self, summary: dict[str, float], num_updates: int) -> list[str]:
         m = self.method_cfg
-        if num_updates >= m.stuck_after and summary["accuracy"] < 1.5 * summary["chance"]:
+        if num_updates >= m.stuck_after and summary["accuracy"] < stuck_threshold(summary["chance"]):
             return [f"hubert: masked accuracy {summary['accuracy']:.3f} is still near chance ({summary['chance']:.3f}, "
                     f"the majority label) after {num_updates} updates: lower optim.lr, raise data.max_tokens or "
                     "trainer.update_freq, or check the labels (speechcl cluster)"]

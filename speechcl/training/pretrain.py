@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 from speechcl.audio.augment import AugmentConfig, Augmenter
 from speechcl.data.dataset import AudioDataset
-from speechcl.data.frame_labels import check_label_geometry, info_path, labels_path, read_label_info
+from speechcl.data.frame_labels import (
+    check_label_geometry,
+    check_label_split,
+    info_path,
+    labels_path,
+    read_label_info,
+)
 from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
 from speechcl.methods import Method, build_method
@@ -164,8 +170,10 @@ def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: An
     if data.frame_labels:
         if conv_layers is None:
             raise ValueError("data.frame_labels needs the model's conv_layers (their frame formula)")
-        check_label_geometry(read_label_info(data.manifest_dir, data.frame_labels), conv_layers,
-                             str(info_path(data.manifest_dir, data.frame_labels)))
+        info = read_label_info(data.manifest_dir, data.frame_labels)
+        source = str(info_path(data.manifest_dir, data.frame_labels))
+        check_label_geometry(info, conv_layers, source)
+        check_label_split(info, manifest, data.frame_labels, source)
         frame_labels = {"frame_label_path": labels_path(data.manifest_dir, subset, data.frame_labels),
                         "conv_layers": conv_layers}
     dataset = AudioDataset.from_files(

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from speechcl.audio.io import load_audio
 from speechcl.cluster import (
     KMeansConfig,
     MfccFeatures,
@@ -78,6 +79,32 @@ def test_mfcc_window_t_is_the_receptive_field_of_frame_t() -> None:
     for t in (0, 7, 48):
         alone = MfccFeatures(CONV, deltas=0).one(wave[320 * t: 320 * t + 400])
         assert np.allclose(whole[t], alone[0], atol=1e-4)
+
+
+def test_mfcc_at_10_ms_with_every_second_frame_kept_has_exactly_the_encoder_count() -> None:
+    mfcc = MfccFeatures(CONV, deltas=1)
+    assert (mfcc.shift, mfcc.step) == (160, 2)
+    sizes = np.arange(400, 4000, 37)  # odd and even lengths on and off both grids
+    fine = 1 + (sizes - 400) // 160
+    assert ((fine + 1) // 2).tolist() == (1 + (sizes - 400) // 320).tolist() == num_label_frames(sizes, CONV).tolist()
+    for n in (400, 559, 560, 719, 881, 12345, 16001):  # no frame dropped or repeated by match_frames
+        assert mfcc.raw(torch.from_numpy(_tone(n, 4))).shape == (num_label_frames([n], CONV)[0], 26)
+    info = mfcc.describe()
+    assert (info["shift_samples"], info["frame_step"]) == (160, 2)
+
+
+def test_deltas_are_taken_at_10_ms_so_they_span_plus_minus_20_ms() -> None:
+    """Δ of kept frame t uses the 10 ms frames 2t-2 .. 2t+2: samples [320 t - 320, 320 t + 720) only (at a
+    20 ms shift it would reach [320 t - 640, 320 t + 1040))."""
+    wave = torch.from_numpy(_tone(16001, 5))
+    t = 20
+    changed = wave.clone()
+    changed[: 320 * t - 320] = 0.5
+    changed[320 * t + 720:] = -0.5
+    mfcc = MfccFeatures(CONV, deltas=1)
+    a, b = mfcc.one(wave), mfcc.one(changed)
+    assert np.allclose(a[t], b[t], atol=1e-4)
+    assert not np.allclose(a[t - 1, 13:], b[t - 1, 13:], atol=1e-3)  # its neighbour's Δ does see the change
 
 
 def test_other_receptive_fields_are_padded_or_trimmed_to_the_encoder_count() -> None:
@@ -178,11 +205,42 @@ def test_an_interrupted_run_resumes_from_its_cached_chunks(corpus: Path, tmp_pat
     killed = _Interrupt(budget=5)  # 4 fit chunks, then one label chunk
     with pytest.raises(KeyboardInterrupt):
         cluster_manifests(corpus, ["train"], killed, _km(), "km", chunk_size=2, progress=False)
-    assert len(list((corpus / ".km.cluster" / "labels" / "train").glob("chunk-*.npy"))) == 1
+    assert len(list((corpus / ".km.cluster" / "labels").glob("train-*/chunk-*.npy"))) == 1
     resumed = _Interrupt(budget=100)
     cluster_manifests(corpus, ["train"], resumed, _km(), "km", chunk_size=2, progress=False)
     assert resumed.calls == 3  # the 3 label chunks left; the fit was done
     assert (corpus / "train.km").read_text() == (fresh / "train.km").read_text()
+
+
+def test_an_interrupted_overwrite_run_resumes_when_rerun_with_overwrite(corpus: Path) -> None:
+    cluster_manifests(corpus, ["train"], MfccFeatures(CONV), _km(), "km", chunk_size=2, progress=False)
+    killed = _Interrupt(budget=2)  # new settings: the old run is replaced, then 2 of the 4 fit chunks
+    with pytest.raises(KeyboardInterrupt):
+        cluster_manifests(corpus, ["train"], killed, _km(k=7), "km", chunk_size=2, overwrite=True, progress=False)
+    again = _Interrupt(budget=3)  # the 2 fit chunks left, then one label chunk
+    with pytest.raises(KeyboardInterrupt):
+        cluster_manifests(corpus, ["train"], again, _km(k=7), "km", chunk_size=2, overwrite=True, progress=False)
+    resumed = _Interrupt(budget=100)
+    summary = cluster_manifests(corpus, ["train"], resumed, _km(k=7), "km", chunk_size=2, overwrite=True,
+                                progress=False)
+    assert resumed.calls == 3 and not summary.fitted  # the 3 label chunks left; the fit was kept
+    assert read_label_info(corpus, "km")["num_clusters"] == 7
+
+
+def test_cached_label_chunks_of_a_changed_manifest_are_not_reused(corpus: Path) -> None:
+    cluster_manifests(corpus, ["train", "valid"], MfccFeatures(CONV), _km(), "km", chunk_size=2, progress=False,
+                      keep_cache=True)
+    # valid re-prepared: other audio of the same length for its first item, so line and frame counts still match
+    manifest = read_manifest(corpus / "valid.tsv")
+    sf.write(corpus / "other0.flac", _tone(LENGTHS["valid"][0], 99)[::-1].copy(), 16000)
+    write_manifest(corpus / "valid.tsv", Manifest(manifest.root, ["other0.flac", *manifest.paths[1:]], manifest.sizes))
+    counting = _Interrupt(budget=100)
+    summary = cluster_manifests(corpus, ["train", "valid"], counting, _km(), "km", chunk_size=2, progress=False)
+    assert summary.labelled == ["valid"] and counting.calls == 2  # both chunks of valid computed again
+    centres = np.load(corpus / "km.centers.npy")
+    first = MfccFeatures(CONV).one(load_audio(corpus / "other0.flac", 16000)[0])
+    expected = " ".join(map(str, assign_labels(first, centres).tolist()))
+    assert (corpus / "valid.km").read_text().split("\n")[0] == expected
 
 
 class _Terminate(MfccFeatures):
@@ -207,7 +265,7 @@ def test_sigterm_stops_after_the_current_chunk_and_a_rerun_continues(corpus: Pat
 
     with pytest.raises(Preempted, match="SIGTERM while labelling train"):
         cluster_manifests(corpus, ["train"], _Terminate(at=5), _km(), "km", chunk_size=2, progress=False)
-    assert len(list((corpus / ".km.cluster" / "labels" / "train").glob("chunk-*.npy"))) == 1  # the chunk finished
+    assert len(list((corpus / ".km.cluster" / "labels").glob("train-*/chunk-*.npy"))) == 1  # the chunk finished
     resumed = _Terminate(at=0)
     assert cluster_manifests(corpus, ["train"], resumed, _km(), "km", chunk_size=2, progress=False).labelled == ["train"]
     assert resumed.calls == 3

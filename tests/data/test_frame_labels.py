@@ -124,11 +124,12 @@ def test_without_frame_labels_crops_are_drawn_as_before(tmp_path: Path) -> None:
 
 
 def test_pretraining_loader_reads_labels_and_checks_their_frame_formula(tmp_path: Path) -> None:
-    from speechcl.data.frame_labels import frame_geometry
+    from speechcl.data.frame_labels import frame_geometry, manifest_digest
     from speechcl.training.pretrain import DataConfig, build_loader
 
     root, _ = _corpus(tmp_path)
-    atomic_write_json(root / "km.json", {"num_clusters": 50, **frame_geometry(CONV)})
+    atomic_write_json(root / "km.json", {"num_clusters": 50, **frame_geometry(CONV),
+                                         "splits": {"train": {"manifest": manifest_digest(root / "train.tsv")}}})
     data = DataConfig(manifest_dir=str(root), max_sample_size=8000, min_sample_size=0, max_tokens=40000,
                       num_workers=0, frame_labels="km")
     batch = next(iter(build_loader(data, "train", True, conv_layers=CONV)))
@@ -138,3 +139,36 @@ def test_pretraining_loader_reads_labels_and_checks_their_frame_formula(tmp_path
         build_loader(data, "train", True, conv_layers=other)
     with pytest.raises(ValueError, match="conv_layers"):
         build_loader(data, "train", True)
+
+
+
+def test_pretraining_loader_refuses_labels_of_another_manifest_or_an_unfinished_split(tmp_path: Path) -> None:
+    from speechcl.data.frame_labels import frame_geometry, manifest_digest
+    from speechcl.training.pretrain import DataConfig, build_loader
+
+    root, _ = _corpus(tmp_path)
+    data = DataConfig(manifest_dir=str(root), max_sample_size=8000, min_sample_size=0, max_tokens=40000,
+                      num_workers=0, frame_labels="km")
+    info = {"num_clusters": 50, **frame_geometry(CONV), "splits": {"valid": {"manifest": "0" * 16}}}
+    atomic_write_json(root / "km.json", info)
+    with pytest.raises(ValueError, match=r"km\.json has no finished split 'train'.*re-run speechcl cluster "
+                                         r".* --splits train --ext km"):
+        build_loader(data, "train", True, conv_layers=CONV)
+    info["splits"]["train"] = {"manifest": manifest_digest(root / "train.tsv")}
+    atomic_write_json(root / "km.json", info)
+    build_loader(data, "train", True, conv_layers=CONV)
+    # the manifest rewritten (same lengths, so line and frame counts still match): another digest
+    manifest = read_manifest(root / "train.tsv")
+    write_manifest(root / "train.tsv", Manifest(manifest.root, [f"./{p}" for p in manifest.paths], manifest.sizes))
+    with pytest.raises(ValueError, match=r"labels of 'train' were made for another version of .*train\.tsv.*"
+                                         r"re-run speechcl cluster .* --splits train"):
+        build_loader(data, "train", True, conv_layers=CONV)
+
+
+def test_label_info_without_a_frame_formula_is_an_error() -> None:
+    from speechcl.data.frame_labels import check_label_geometry, frame_geometry
+
+    check_label_geometry(frame_geometry(CONV), CONV, "km.json")
+    for info in ({"num_clusters": 5}, {"num_clusters": 5, "conv_layers": "320"}, {"conv_layers": [[400]]}):
+        with pytest.raises(ValueError, match=r"km\.json records no frame formula .*re-run speechcl cluster"):
+            check_label_geometry(info, CONV, "km.json")

@@ -191,3 +191,13 @@ def test_config_errors_name_the_setting() -> None:
         BestRQConfig(mask_prob=0.1, mask_length=20)
     with pytest.raises(ValueError, match="objective.feature_norm"):
         BestRQConfig(feature_norm="global")
+
+
+def test_stuck_warning_clears_when_the_majority_code_dominates() -> None:
+    from speechcl.methods.bestrq import STUCK_AFTER
+
+    model = _model()
+    dominated = {"accuracy": 0.95, "chance": 1 / 32, "majority": 0.8}  # 1.5 x 0.8 > 1: the bar is 0.9
+    assert not model.check(dominated, STUCK_AFTER) and model.check({**dominated, "accuracy": 0.85}, STUCK_AFTER)
+    assert model.check({"accuracy": 0.1, "chance": 1 / 32, "majority": 0.1}, STUCK_AFTER)
+    assert not model.check({"accuracy": 0.16, "chance": 1 / 32, "majority": 0.1}, STUCK_AFTER)

@@ -181,3 +181,15 @@ def test_pretrain_reads_num_classes_from_the_label_info(tmp_path: Path, one_thre
     train = [line for line in log if line.get("split") == "train"]
     assert train and all(line["chance_uniform"] == pytest.approx(1 / 6) for line in train)
     assert run_pretrain_verb([*argv, "data.frame_labels=nope", f"exp_dir={tmp_path / 'exp2'}"]) == 2
+
+
+def test_stuck_warning_clears_above_chance_even_when_the_majority_label_dominates() -> None:
+    from speechcl.methods.hubert import stuck_threshold
+
+    model = _method()
+    after = model.method_cfg.stuck_after
+    assert model.check({"accuracy": 0.29, "chance": 0.2}, after) and not model.check({"accuracy": 0.31, "chance": 0.2}, after)
+    assert not model.check({"accuracy": 0.1, "chance": 0.2}, after - 1)
+    # majority 0.8: 1.5x would be 1.2 (unreachable); the bar is half-way to 1
+    assert stuck_threshold(0.8) == pytest.approx(0.9) and stuck_threshold(0.2) == pytest.approx(0.3)
+    assert model.check({"accuracy": 0.85, "chance": 0.8}, after) and not model.check({"accuracy": 0.95, "chance": 0.8}, after)
