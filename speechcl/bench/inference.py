@@ -23,13 +23,19 @@ from torch.nn import functional as F
 from speechcl.bench.memory import call_peak_mb
 from speechcl.bench.pretrain import random_batch
 from speechcl.bench.reference import autocast, environment, reference_encoder
-from speechcl.bench.timing import alternate, speed_ratio
+from speechcl.bench.timing import (
+    OURS_BF16,
+    OURS_COMPILED,
+    OURS_FP32,
+    THEIRS_BF16,
+    THEIRS_FP32,
+    alternate,
+    side_ratios,
+)
 from speechcl.models.config import preset
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder
 from speechcl.utils.device import resolve_device
 
-OURS_FP32, OURS_BF16, THEIRS_FP32 = "speechcl_fp32", "speechcl_bf16", "transformers_fp32"
-THEIRS_BF16, OURS_COMPILED = "transformers_bf16", "speechcl_bf16_compiled"
 SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16, THEIRS_BF16, OURS_COMPILED)
 
 
@@ -116,17 +122,7 @@ def run_inference_bench(opts: InferenceBenchConfig, progress: Callable[[str], No
         series = alternate(calls, {name: batch * opts.seconds for name in calls}, opts.reps, opts.warmup, device,
                            say)
         diff = float((ours.extract_features(wav).last_hidden_state - run_theirs(wav).last_hidden_state).abs().max())
-        ratios = {
-            "speed_fp32": speed_ratio(series[OURS_FP32], series[THEIRS_FP32]),
-            "speed_bf16_vs_fp32": speed_ratio(series[OURS_BF16], series[OURS_FP32]),
-            "speed_bf16_vs_reference_fp32": speed_ratio(series[OURS_BF16], series[THEIRS_FP32]),
-        }
-        if THEIRS_BF16 in series:
-            ratios["speed_bf16_vs_reference_bf16"] = speed_ratio(series[OURS_BF16], series[THEIRS_BF16])
-        if OURS_COMPILED in series:
-            ratios["speed_compiled_vs_bf16"] = speed_ratio(series[OURS_COMPILED], series[OURS_BF16])
-            if THEIRS_BF16 in series:
-                ratios["speed_compiled_vs_reference_bf16"] = speed_ratio(series[OURS_COMPILED], series[THEIRS_BF16])
+        ratios = side_ratios(series)
         entry: dict[str, Any] = {
             "sides": {name: s.to_dict("audio_s") for name, s in series.items()},
             "ratios": ratios,

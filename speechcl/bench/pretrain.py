@@ -45,7 +45,15 @@ from torch import Tensor, nn
 from speechcl.bench.flops import count_flops, matmul_call
 from speechcl.bench.memory import measure_in_subprocess
 from speechcl.bench.reference import autocast, environment, reference_pretraining
-from speechcl.bench.timing import alternate, speed_ratio
+from speechcl.bench.timing import (
+    OURS_BF16,
+    OURS_COMPILED,
+    OURS_FP32,
+    THEIRS_BF16,
+    THEIRS_FP32,
+    alternate,
+    side_ratios,
+)
 from speechcl.models.config import Wav2Vec2Config, preset
 from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechcl.training.pretrain import LossConfig, PretrainTask
@@ -53,8 +61,7 @@ from speechcl.training.trainer import OptimConfig, build_optimizer
 from speechcl.utils.device import resolve_device
 
 SAMPLE_RATE = 16_000
-OURS_FP32, OURS_BF16, THEIRS_FP32, MATMUL = "speechcl_fp32", "speechcl_bf16", "transformers_fp32", "matmul_fp32"
-THEIRS_BF16, OURS_COMPILED = "transformers_bf16", "speechcl_bf16_compiled"
+MATMUL = "matmul_fp32"
 SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16, THEIRS_BF16, OURS_COMPILED)
 """Every side there is, in the order they are timed and printed."""
 CPU_SIDES = (OURS_FP32, THEIRS_FP32, OURS_BF16)
@@ -287,19 +294,10 @@ def run_pretrain_bench(opts: PretrainBenchConfig, progress: Callable[[str], None
     series = alternate(calls, work, opts.reps, opts.warmup, device, say)
     del calls
     result["sides"] = {name: s.to_dict("gflop" if name in matmuls else "audio_s") for name, s in series.items()}
-    ratios = {
-        "speed_fp32": speed_ratio(series[OURS_FP32], series[THEIRS_FP32]),
-        "speed_bf16_vs_reference_fp32": speed_ratio(series[OURS_BF16], series[THEIRS_FP32]),
-        "speed_bf16_vs_fp32": speed_ratio(series[OURS_BF16], series[OURS_FP32]),
-    }
-    if THEIRS_BF16 in series:
-        ratios["speed_bf16_vs_reference_bf16"] = speed_ratio(series[OURS_BF16], series[THEIRS_BF16])
+    ratios = side_ratios(series)
     if OURS_COMPILED in series:
         from speechcl.models.compile import compile_counters
 
-        ratios["speed_compiled_vs_bf16"] = speed_ratio(series[OURS_COMPILED], series[OURS_BF16])
-        if THEIRS_BF16 in series:
-            ratios["speed_compiled_vs_reference_bf16"] = speed_ratio(series[OURS_COMPILED], series[THEIRS_BF16])
         result["compile"] = compile_counters() | {"backend": opts.compile_backend or "default"}
 
     result["flops"] = None

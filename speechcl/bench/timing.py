@@ -99,3 +99,26 @@ def alternate(
 def speed_ratio(ours: Series, theirs: Series) -> float:
     """How many times faster ``ours`` is: ``ours.speed / theirs.speed`` (> 1 means ours is faster)."""
     return ours.speed / theirs.speed
+
+
+OURS_FP32, OURS_BF16, THEIRS_FP32 = "speechcl_fp32", "speechcl_bf16", "transformers_fp32"
+THEIRS_BF16, OURS_COMPILED = "transformers_bf16", "speechcl_bf16_compiled"
+"""The sides of the pretraining and inference benchmarks (the last two only where they ran)."""
+
+
+def side_ratios(series: dict[str, Series]) -> dict[str, float]:
+    """The speed ratios of the benchmark sides in ``series`` (keys as above): fp32 vs transformers fp32, bf16
+    vs our fp32 and vs transformers fp32, and where those sides ran, vs transformers bf16 and compiled vs bf16."""
+    ratios = {
+        "speed_fp32": speed_ratio(series[OURS_FP32], series[THEIRS_FP32]),
+        "speed_bf16_vs_fp32": speed_ratio(series[OURS_BF16], series[OURS_FP32]),
+        "speed_bf16_vs_reference_fp32": speed_ratio(series[OURS_BF16], series[THEIRS_FP32]),
+    }
+    if THEIRS_BF16 in series:
+        ratios["speed_bf16_vs_reference_bf16"] = speed_ratio(series[OURS_BF16], series[THEIRS_BF16])
+    if OURS_COMPILED in series:
+        ratios["speed_compiled_vs_bf16"] = speed_ratio(series[OURS_COMPILED], series[OURS_BF16])
+        if THEIRS_BF16 in series:
+            ratios["speed_compiled_vs_reference_bf16"] = speed_ratio(series[OURS_COMPILED], series[THEIRS_BF16])
+    return ratios
+
