@@ -130,7 +130,8 @@ def run_invariance_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     last = result.layers[-1]
     summary = ", ".join(f"{label} {value:.3f}" for label, value in result.cosine[-1].items() if value is not None)
-    print(f"{result.inputs['count']} files, {len(result.transforms)} transformations, hidden states 0..{last}; "
+    analysed = max(result.files.values(), default=0)  # the listed inputs less those skipped for every transform
+    print(f"{analysed} of {result.inputs['count']} files, {len(result.transforms)} transformations, hidden states 0..{last}; "
           f"cosine at layer {last}: {summary} -> {args.output}")
     for probe in result.probes:
         drops = ", ".join(f"{label} {value:+.3f}" for label, value in probe["drop"][-1].items() if value is not None)
