@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rp.add_argument("--output", default=None, help="also write the table to this file (atomically)")
     rp.add_argument("--decode-dir", default="decode", metavar="NAME",
                     help="the decode folder inside each EXP_DIR (default decode; e.g. decode_lm for LM decoding)")
+    rp.add_argument("--examples", type=int, default=0, metavar="N",
+                    help="after the table, N utterances (evenly spaced, the same for every system) with the "
+                         "reference and each system's hypothesis and CER (default 0)")
+    rp.add_argument("--examples-split", default=None, metavar="SPLIT",
+                    help="the split the examples come from (default: the last one in the first system's "
+                         "summary.json, e.g. test-clean)")
     rp.set_defaults(func=run_report)
 
     _register_transcription(subparsers)
@@ -264,20 +270,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from speechcl.asr.report import collect_row, markdown_table
+    from speechcl.asr.report import (
+        collect_row,
+        examples_markdown,
+        markdown_table,
+        pick_examples,
+        read_decoded,
+    )
     from speechcl.utils.io import atomic_write_text
 
     names = args.names or [None] * len(args.experiments)
     if len(names) != len(args.experiments):
         return _fail(ValueError(f"{len(names)} --names for {len(args.experiments)} experiments"))
+    if args.examples < 0:
+        return _fail(ValueError(f"--examples must be 0 or more utterances, got {args.examples}"))
     try:
         rows = [collect_row(exp, Path(exp) / args.decode_dir, name) for exp, name in zip(args.experiments, names)]
+        text = markdown_table(rows)
+        if args.examples:
+            split = args.examples_split or next(reversed(rows[0].scores), None)
+            if split is None:
+                raise ValueError(f"{Path(args.experiments[0]) / args.decode_dir / 'summary.json'} lists no split")
+            decoded = [read_decoded(exp, Path(exp) / args.decode_dir, split, row.system)
+                       for exp, row in zip(args.experiments, rows)]
+            text += "\n" + examples_markdown(pick_examples(decoded, args.examples), split, len(decoded[0].ids))
     except (OSError, ValueError, KeyError) as err:
         return _fail(err)
-    table = markdown_table(rows)
-    print(table, end="")
+    print(text, end="")
     if args.output:
-        atomic_write_text(args.output, table)
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as err:
+            return _fail(err)
     return 0
 
 

@@ -1,5 +1,5 @@
 """``speechcl pretrain`` and ``speechcl finetune``: Hydra-composed configuration in, a trained checkpoint
-directory out."""
+directory out. ``speechcl curves``: the training curves of such directories as a PNG."""
 
 from __future__ import annotations
 
@@ -37,6 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_config_options(f, "finetune", "finetune, finetune_cpu, finetune_base_10m, ...")
     f.set_defaults(func=run_finetune, accepts_overrides=True)
+
+    c = sub.add_parser(
+        "curves", help="plot training curves of pretrain/finetune experiments (PNG)",
+        description="Plot the metrics logged in each EXP/log.jsonl against the number of updates: one panel per "
+                    "--metric, one line per experiment. Pretraining validates valid:loss (bits per masked step) "
+                    "and valid:accuracy; fine-tuning valid:loss, valid:wer and valid:cer; both log train:* "
+                    "values (e.g. train:loss) every log interval.",
+    )
+    c.add_argument("experiments", nargs="+", metavar="EXP", help="experiment folders (their exp_dir)")
+    c.add_argument("--names", nargs="+", default=None, metavar="N",
+                   help="legend names, one per EXP (default: the folder names)")
+    c.add_argument("--metric", nargs="+", required=True, metavar="SPLIT:KEY",
+                   help="what to plot, e.g. valid:loss valid:accuracy")
+    c.add_argument("--output", required=True, metavar="PNG", help="the PNG file to write (atomically)")
+    c.add_argument("--title", default=None, help="figure title")
+    c.set_defaults(func=run_curves)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, default: str, shipped: str) -> None:
@@ -157,3 +173,22 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     return _run(args, {"model": Wav2Vec2Config, "data": DataConfig, "loss": LossConfig}, runner,
                 lambda m: m.layerdrop > 0)
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    from speechcl.training.curves import curves_png, parse_metric, read_log
+
+    names = args.names or [Path(exp).resolve().name for exp in args.experiments]
+    if len(names) != len(args.experiments):
+        print(f"error: {len(names)} --names for {len(args.experiments)} experiments; give one name per EXP",
+              file=sys.stderr)
+        return 2
+    try:
+        metrics = [parse_metric(m) for m in args.metric]
+        runs = [(name, read_log(exp)) for name, exp in zip(names, args.experiments)]
+        path = curves_png(runs, metrics, args.output, args.title)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

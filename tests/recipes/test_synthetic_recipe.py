@@ -45,7 +45,8 @@ def manifest_seconds(path: Path) -> tuple[int, float]:
 
 def read_table(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     """Header cells and each row's cells by system name."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines(path) if line.strip()]
+    table = [line for line in lines(path) if line.startswith("|")]  # the examples section follows the table
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table]
     return rows[0], {row[0]: row[1:] for row in rows[2:]}
 
 
@@ -86,6 +87,20 @@ def check_table(table: Path, out: Path, decode_dir: str) -> list[str]:
     return header
 
 
+def check_examples(out: Path, stdout: str) -> None:
+    """The printed example utterances are test references with both systems' hypotheses, as decoded."""
+    refs = lines(out / "finetune-pretrained" / "decode" / "ref.test-clean.txt")
+    hyps = {name: lines(out / system / "decode" / "hyp.test-clean.txt") for name, system in SYSTEMS.items()}
+    shown = [line.split("REF: ", 1)[1] for line in stdout.splitlines() if "REF: " in line]
+    assert len(shown) == 2 and all(ref in refs for ref in shown)
+    for ref in shown:
+        i = refs.index(ref)
+        for name, hyp in hyps.items():
+            assert any(line.startswith(f"{name} (CER") and line.rstrip().endswith(hyp[i].strip())
+                       for line in stdout.splitlines()), (name, hyp[i])
+    assert (out / "results.md").read_text().count("REF: ") == 2
+
+
 def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines(path) if line.strip()]
 
@@ -97,8 +112,7 @@ def test_synthetic_recipe_tiny(tmp_path):
     cmd = ["bash", str(ROOT / "recipes/synthetic/run.sh"), "--setting", "tiny", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for stage in ("0-synth", "1-prepare", "2-pretrain", "3-finetune-pretrained", "4-finetune-scratch",
-                  "5-decode", "6-report"):
+    for stage in ("0-synth", "1-prepare", "2-pretrain", "3-finetune", "4-decode", "5-report"):
         assert (out / ".done" / stage).exists()
     assert len(lines(out / "corpus" / "lm-text.txt")) == 500
 
@@ -109,6 +123,10 @@ def test_synthetic_recipe_tiny(tmp_path):
     assert train_steps and train_steps[-1]["step"] == 4 and all(math.isfinite(e["loss"]) for e in train_steps)
 
     header = check_table(out / "results.md", out, "decode")
+    check_examples(out, proc.stdout)
+    for plot in ("pretraining.png", "finetuning.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert str(out / plot) in proc.stdout  # the output names the plots
     assert check_table(out / "results_lm.md", out, "decode_lm") == header
     for system in SYSTEMS.values():
         # the trainer's validation (best checkpoint chosen by dev CER) scores what `evaluate` measures
@@ -135,4 +153,4 @@ def test_synthetic_recipe_tiny(tmp_path):
     # a rerun skips every stage
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
-    assert again.stdout.count("done already") == 7
+    assert again.stdout.count("done already") == 6
