@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "speechcl.bench.commands",
     "speechcl.analysis.probe_cli",
     "speechcl.analysis.invariance_cli",
+    "speechcl.analysis.compare_cli",
 )
 
 
