@@ -6,6 +6,8 @@ from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.manifest import Manifest, read_manifest, write_manifest
 from speechcl.data.prepare import PrepareResult, prepare_audio, prepare_librispeech
 from speechcl.data.sampler import BucketBatchSampler, batch_by_size, divisible_batches, shard_batches
+from speechcl.data.shard_stream import ShardDataset, ShardStreamLoader, ShardStreamSampler, build_shard_loader
+from speechcl.data.shards import ShardIndex, write_shards
 from speechcl.data.subsets import parse_duration, parse_subset_spec, select_subset
 from speechcl.data.synth import SynthConfig, plan_speakers, synthesize_corpus
 
@@ -17,9 +19,14 @@ __all__ = [
     "Manifest",
     "PrepareResult",
     "ResumableLoader",
+    "ShardDataset",
+    "ShardIndex",
+    "ShardStreamLoader",
+    "ShardStreamSampler",
     "SynthConfig",
     "batch_by_size",
     "build_dataloader",
+    "build_shard_loader",
     "crop_offset",
     "divisible_batches",
     "letters_to_words",
@@ -35,4 +42,5 @@ __all__ = [
     "synthesize_corpus",
     "words_to_letters",
     "write_manifest",
+    "write_shards",
 ]

@@ -12,6 +12,8 @@ Usage::
     speechcl prepare keywords ROOT OUT [--splits S ...] [--verify] [--min-samples 400] [--workers N]
     speechcl prepare audio DIR OUT [--valid-percent 0.01] [--ext flac,wav,...] [--seed 42] [--verify]
                                    [--min-samples 400] [--workers N]
+    speechcl prepare shards MANIFEST_DIR SPLIT OUT [--shard-size N | --shard-mb 100] [--jobs J] [--verify]
+                                                   [--seed 0] [--no-shuffle]
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from speechcl.data.prepare import (
     prepare_keywords,
     prepare_librispeech,
 )
+from speechcl.data.shards import DEFAULT_SHARD_MB, write_shards
 from speechcl.data.subsets import parse_subset_spec
 from speechcl.data.synth import CONDITIONS, DEFAULT_TRAIN_SPLIT, SynthConfig, synthesize_corpus, write_lm_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``synth`` and ``prepare {librispeech,audio}`` to the ``speechcl`` parser."""
+    """Add ``synth`` and ``prepare {librispeech,keywords,audio,combine,shards}`` to the ``speechcl`` parser."""
     synth = subparsers.add_parser(
         "synth", help="synthesize a LibriSpeech-layout corpus with espeak-ng",
         description="Write a synthetic corpus in LibriSpeech's layout: a training split and held-out-speaker "
@@ -137,6 +140,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     combine.add_argument("name", metavar="NAME", help="name of the combined split (DATA/NAME.tsv)")
     combine.add_argument("parts", nargs="+", metavar="SPLIT", help="splits to concatenate")
     combine.set_defaults(func=run_prepare_combine)
+
+    shards = kinds.add_parser(
+        "shards", help="a prepared split -> WebDataset tar shards + index, for data.format=shards",
+        description="Write MANIFEST_DIR/SPLIT.tsv (with its .wrd/.ltr/.phn/.kw/.spk labels) as WebDataset tar "
+                    "shards OUT/SPLIT-NNNNNN.tar of <key>.flac + <key>.json, the index OUT/SPLIT.index.json "
+                    "(item lengths and byte offsets, so training buckets batches and seeks without opening audio), "
+                    "the label files in index order and the dictionaries. Every shard is verified after writing; "
+                    "a rerun keeps the shards that verify and writes the rest. Train from it with "
+                    "data.format=shards data.shards_dir=OUT. Needs the webdataset package "
+                    "(pip install 'speechcl[shards]').")
+    shards.add_argument("manifest_dir", metavar="MANIFEST_DIR", help="output folder of speechcl prepare")
+    shards.add_argument("split", metavar="SPLIT", help="the split to write (MANIFEST_DIR/SPLIT.tsv)")
+    shards.add_argument("out", metavar="OUT", help="output folder (several splits may share it)")
+    size = shards.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", type=int, default=None, metavar="N", help="items per shard")
+    size.add_argument("--shard-mb", type=float, default=None, metavar="M",
+                      help=f"megabytes of source audio per shard (default {DEFAULT_SHARD_MB:g}); a split needs at "
+                           "least ranks x loader workers shards")
+    shards.add_argument("--jobs", type=int, default=None, metavar="J",
+                        help="shards written in parallel (default: all CPUs)")
+    shards.add_argument("--verify", action="store_true",
+                        help="also decode every FLAC member and compare its length with the manifest's (slower; by "
+                             "default member names, sizes and metadata are checked)")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the item order (default 0)")
+    shards.add_argument("--no-shuffle", action="store_true",
+                        help="keep manifest order (default: a seeded random order, so shards mix speakers)")
+    shards.set_defaults(func=run_prepare_shards)
 
 
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +274,23 @@ def run_prepare_combine(args: argparse.Namespace) -> int:
     count, labels = combine_splits(args.data, args.name, args.parts)
     extra = f" with .{' and .'.join(labels)} labels" if labels else " (no labels)"
     print(f"{args.name}: {count} items from {', '.join(args.parts)}{extra}")
+    return 0
+
+
+def run_prepare_shards(args: argparse.Namespace) -> int:
+    try:
+        result = write_shards(args.manifest_dir, args.split, args.out, shard_size=args.shard_size,
+                              shard_mb=args.shard_mb, jobs=args.jobs, verify=args.verify, shuffle=not args.no_shuffle,
+                              seed=args.seed, progress=sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    kept = f", {result.kept} kept from an earlier run" if result.kept else ""
+    removed = f", {len(result.removed)} stale shards removed" if result.removed else ""
+    print(f"{result.split}: {result.num_items} items in {result.num_shards} shards ({result.total_bytes / 1e6:.1f} MB; "
+          f"{result.written} written{kept}{removed}); index: {result.index}")
+    if not args.verify:
+        print("checked member names, sizes and metadata; --verify also decodes every FLAC member")
     return 0
 
 

@@ -6,11 +6,17 @@ training loop consumed (not what the workers prefetched).
 loader yields exactly the batches of the interrupted epoch that the loop had not received yet.
 Workers run one torch thread each and decode audio in parallel (soundfile decodes FLAC at several
 hundred times real time per core, so two workers keep ahead of a CPU training step).
+
+Tar shards (``data.format=shards``) are read by :class:`speechcl.data.shard_stream.ShardStreamLoader`,
+which has the same interface (``len``, ``set_epoch``, ``state_dict``, ``load_state_dict``, ``dataset``,
+``sampler``), so the trainer takes either.
 """
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,13 +40,41 @@ class _EpochTagged(torch.utils.data.Sampler[list[tuple[int, int]]]):
             yield [(i, self.sampler.epoch) for i in batch]
 
 
-def _worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int) -> None:
     """One thread per worker; SIGTERM and SIGINT ignored: a signal to the whole process group (Ctrl-C, a
     cluster's preemption, ``pkill -f``) reaches the workers too, and a worker killed by it would crash the
     main process before it saves. The main process handles the signal and shuts the workers down itself."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_ITERATORS: weakref.WeakSet[Any] = weakref.WeakSet()  # DataLoader iterators with worker processes
+_WORKERS: set[Any] = set()  # and those processes
+
+
+def stop_workers_at_exit(iterator: Iterator[Any]) -> Iterator[Any]:
+    """Have a DataLoader iterator's worker processes stopped when the interpreter exits; returns the iterator.
+
+    Workers ignore SIGTERM (:func:`worker_init`), so when an uncaught exception ends the program while a
+    loader is mid-pass, ``multiprocessing``'s exit handler (which terminates, then joins, its daemonic
+    children) would wait forever for them. This exit handler, registered after that one and so run before
+    it, shuts the iterators' workers down and kills any that outlived their iterator (they hold nothing
+    that needs saving)."""
+    if hasattr(iterator, "_shutdown_workers"):
+        _ITERATORS.add(iterator)
+        _WORKERS.intersection_update([w for w in _WORKERS if w.is_alive()])
+        _WORKERS.update(getattr(iterator, "_workers", ()))
+    return iterator
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    for iterator in list(_ITERATORS):
+        iterator._shutdown_workers()
+    for worker in list(_WORKERS):
+        if worker.is_alive():
+            worker.kill()
 
 
 class ResumableLoader:
@@ -66,7 +100,7 @@ class ResumableLoader:
         self._position = sampler.position  # batches of this epoch handed to the caller
         extra: dict[str, Any] = {}
         if num_workers > 0:
-            extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init,
+            extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": worker_init,
                      "persistent_workers": True if persistent_workers is None else persistent_workers}
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=_EpochTagged(sampler), collate_fn=dataset.collater, num_workers=num_workers,
@@ -92,7 +126,7 @@ class ResumableLoader:
             self._position = 0
         # the sampler ran ahead by the prefetched batches; rewind it to what the caller received
         self.sampler.position = self._position
-        for batch in self.loader:
+        for batch in stop_workers_at_exit(iter(self.loader)):
             self._position += 1
             yield batch
 

@@ -177,6 +177,9 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``'s epoch and position; the data and batching settings must match."""
+        if state.get("format", "manifest") != "manifest":
+            raise ValueError(f"the loader state was saved by a data.format={state['format']} run; resume it with "
+                             f"data.format={state['format']} (this run reads a manifest)")
         for key, mine in (("num_items", len(self.sizes)), ("seed", self.seed), ("world_size", self.world_size),
                           ("max_tokens", self.max_tokens)):
             if key in state and int(state[key]) != mine:

@@ -25,6 +25,7 @@ from speechcl.data.dataset import AudioDataset
 from speechcl.data.labels import Dictionary, letters_to_words
 from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
+from speechcl.data.shard_stream import ShardStreamLoader, build_shard_loader, check_format
 from speechcl.interop.loading import load_model
 from speechcl.models.config import Wav2Vec2Config, preset
 from speechcl.models.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2ForCTC, encoder_of
@@ -76,6 +77,11 @@ class FinetuneDataConfig:
     num_workers: int = 2
     seed: int = 1
     best_metric: str = "wer"  # wer | cer | loss: what picks the `best` checkpoint (cer while WER is ~100%)
+    # "manifest" (<manifest_dir>/<subset>.tsv + labels) or "shards" (<shards_dir> of `speechcl prepare shards`,
+    # with the labels and dict.<labels>.txt it copies there; streamed, speechcl.data.shard_stream)
+    format: str = "manifest"
+    shards_dir: str = ""
+    shuffle_buffer: int = 1000  # format=shards: items each loader worker's stream buckets and shuffles together
 
 
 class CTCTask(Task):
@@ -166,7 +172,13 @@ def build_ctc_model(cfg: FinetuneModelConfig, vocab_size: int) -> Wav2Vec2ForCTC
 
 
 def build_labeled_loader(data: FinetuneDataConfig, subset: str, dictionary: Dictionary, train_split: bool
-                         ) -> ResumableLoader:
+                         ) -> ResumableLoader | ShardStreamLoader:
+    if data.format == "shards":
+        return build_shard_loader(data.shards_dir, subset, data.max_tokens, data.max_batch_size or None,
+                                  shuffle=train_split, seed=data.seed, shuffle_buffer=data.shuffle_buffer,
+                                  num_workers=data.num_workers, label_ext=data.labels, dictionary=dictionary,
+                                  max_sample_size=data.max_sample_size, min_sample_size=data.min_sample_size,
+                                  pad=True, normalize=data.normalize, random_crop=False)
     root = Path(data.manifest_dir)
     manifest, labels = root / f"{subset}.tsv", root / f"{subset}.{data.labels}"
     for path in (manifest, labels):
@@ -190,11 +202,14 @@ def run_finetuning(model_cfg: FinetuneModelConfig, data: FinetuneDataConfig, opt
     """Fine-tune with CTC into ``exp_dir`` (resumes automatically); ``best`` is kept by validation WER.
     ``augment`` transforms the training batches (not validation); None or an empty chain leaves them as they are."""
     augmenter = Augmenter(augment) if augment is not None else None  # a bad chain fails before any loading
-    if not data.manifest_dir:
+    if data.format == "manifest" and not data.manifest_dir:
         raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv/.ltr and dict.ltr.txt")
-    dict_path = Path(data.manifest_dir) / f"dict.{data.labels}.txt"
+    check_format(data.format, data.manifest_dir, data.shards_dir)
+    dict_path = Path(data.shards_dir if data.format == "shards" else data.manifest_dir) / f"dict.{data.labels}.txt"
     if not dict_path.exists():
-        raise FileNotFoundError(f"{dict_path} not found: run `speechcl prepare librispeech` first")
+        raise FileNotFoundError(f"{dict_path} not found: run `speechcl prepare librispeech` first"
+                                + (" (and then `speechcl prepare shards`, which copies it)" if data.format == "shards"
+                                   else ""))
     dictionary = Dictionary.load(dict_path)
     device = resolve_device(trainer.device, "trainer.device")
     info = init_distributed(device)  # before the samplers: they shard by rank

@@ -22,6 +22,7 @@ from speechcl.data.frame_labels import (
 )
 from speechcl.data.loader import ResumableLoader, build_dataloader
 from speechcl.data.sampler import BucketBatchSampler
+from speechcl.data.shard_stream import ShardStreamLoader, build_shard_loader, check_format
 from speechcl.methods import Method, build_method
 from speechcl.models.config import Wav2Vec2Config
 from speechcl.models.wav2vec2 import Wav2Vec2ForPretraining
@@ -58,6 +59,11 @@ class DataConfig:
     # frame labels <manifest_dir>/<subset>.<frame_labels> of `speechcl cluster` in each batch's "labels"
     # (objective=hubert); None: none. Crop offsets are then multiples of the 320-sample frame stride
     frame_labels: str | None = None
+    # where the audio comes from: "manifest" (<manifest_dir>/<subset>.tsv) or "shards" (tar shards of
+    # `speechcl prepare shards` in <shards_dir>, streamed; speechcl.data.shard_stream)
+    format: str = "manifest"
+    shards_dir: str = ""
+    shuffle_buffer: int = 1000  # format=shards: items each loader worker's stream buckets and shuffles together
 
 
 class PretrainTask(Task):
@@ -157,9 +163,19 @@ class MethodTask(Task):
 
 
 def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: Any = None,
-                 shuffle: bool = True, conv_layers: Any = None) -> ResumableLoader:
+                 shuffle: bool = True, conv_layers: Any = None) -> ResumableLoader | ShardStreamLoader:
     """A resumable loader over ``<manifest_dir>/<subset>.tsv`` (pretraining: no labels, crops), with the frame
-    labels ``<subset>.<data.frame_labels>`` when set (``conv_layers``: the model config's, their frame formula)."""
+    labels ``<subset>.<data.frame_labels>`` when set (``conv_layers``: the model config's, their frame formula).
+    With ``data.format=shards``: a streaming loader over ``<shards_dir>/<subset>.index.json`` instead."""
+    if data.format == "shards":
+        if data.frame_labels:
+            raise ValueError("data.frame_labels (objective=hubert) needs data.format=manifest: frame labels are not "
+                             "read from shards")
+        return build_shard_loader(data.shards_dir, subset, data.max_tokens, data.max_batch_size or None,
+                                  shuffle=shuffle and train_split, seed=data.seed, shuffle_buffer=data.shuffle_buffer,
+                                  num_workers=data.num_workers, max_sample_size=data.max_sample_size,
+                                  min_sample_size=data.min_sample_size, pad=data.pad, normalize=data.normalize,
+                                  random_crop=train_split)
     manifest = Path(data.manifest_dir) / f"{subset}.tsv"
     if not manifest.exists():
         raise FileNotFoundError(
@@ -200,8 +216,7 @@ def run_pretraining(model_cfg: Wav2Vec2Config, data: DataConfig, optim: OptimCon
     if objective.get("name") == "wav2vec2" and len(objective) > 1:
         raise ValueError(f"objective=wav2vec2 takes no settings of its own (got {sorted(set(objective) - {'name'})}): "
                          "its hyperparameters are in model: (masking, quantizer, negatives) and loss:")
-    if not data.manifest_dir:
-        raise ValueError("data.manifest_dir is required: the folder with <subset>.tsv manifests")
+    check_format(data.format, data.manifest_dir, data.shards_dir)
     device = resolve_device(trainer.device, "trainer.device")
     info = init_distributed(device)  # before the samplers: they shard by rank
     try:

@@ -94,3 +94,6 @@ def test_state_mismatch_is_refused():
         other.load_state_dict(sampler.state_dict())
     with pytest.raises(ValueError, match="ranks"):
         BucketBatchSampler([1, 2], 10, rank=0, world_size=3)
+    shards_state = {"format": "shards", "epoch": 0, "position": 0}  # a data.format=shards run's loader state
+    with pytest.raises(ValueError, match="data.format=shards"):
+        sampler.load_state_dict(shards_state)
