@@ -188,16 +188,9 @@ class AudioDataset(torch.utils.data.Dataset):
         ``bad`` the reason (its path is :meth:`path`), so one bad file costs its item, not the run (the collater leaves it out)."""
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         item = int(self.indices[index])
-        path = self.manifest.full_path(item)
-        try:
-            wave, _ = load_audio(path, SAMPLE_RATE)
-        except AudioError as err:
-            return {"id": index, "epoch": epoch, "bad": err.reason}
-        expected = self.manifest.sizes[item]
-        if wave.numel() != expected:
-            return {"id": index, "epoch": epoch,
-                    "bad": f"decoded {wave.numel()} samples but the manifest says {expected}; the file changed "
-                           "since preparation: re-run speechcl prepare"}
+        wave = self.load_wave(item)
+        if isinstance(wave, str):
+            return {"id": index, "epoch": epoch, "bad": wave}
         if self.normalize:
             wave = normalize_wave(wave)
         start = 0
@@ -214,6 +207,19 @@ class AudioDataset(torch.utils.data.Dataset):
             frames = self.frame_labels[item][first: first + self._frames(wave.numel())]
             sample["frame_labels"] = torch.from_numpy(frames)
         return sample
+
+    def load_wave(self, item: int) -> torch.Tensor | str:
+        """Manifest item ``item``'s waveform ``[S]`` at 16 kHz, or the reason it cannot be used (where the
+        audio comes from: a subclass reading another store overrides only this)."""
+        try:
+            wave, _ = load_audio(self.manifest.full_path(item), SAMPLE_RATE)
+        except AudioError as err:
+            return err.reason
+        expected = self.manifest.sizes[item]
+        if wave.numel() != expected:
+            return (f"decoded {wave.numel()} samples but the manifest says {expected}; the file changed "
+                    "since preparation: re-run speechcl prepare")
+        return wave
 
     def collater(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Batch samples from ``__getitem__`` (see the module docstring for the keys and shapes).

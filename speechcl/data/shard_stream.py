@@ -65,7 +65,7 @@ import torch
 
 from speechcl.audio.io import AudioError
 from speechcl.data.batching import length_sorted_batches
-from speechcl.data.dataset import AudioDataset, crop_offset, normalize_wave
+from speechcl.data.dataset import AudioDataset
 from speechcl.data.labels import Dictionary, read_lines
 from speechcl.data.loader import stop_workers_at_exit, worker_init
 from speechcl.data.manifest import Manifest
@@ -247,26 +247,16 @@ class ShardDataset(AudioDataset):
         """``<shard>:<key>`` of dataset item ``index``."""
         return self.index.where(int(self.indices[index]))
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        """Item ``index`` (of ``epoch``) as :meth:`AudioDataset.__getitem__` gives it."""
-        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-        item = int(self.indices[index])
+    def load_wave(self, item: int) -> torch.Tensor | str:
+        """Index item ``item``'s waveform ``[S]``, read from its tar by byte offset, or why it cannot be used."""
         try:
             wave = self.index.read_wave(item)
         except AudioError as err:
-            return {"id": index, "epoch": epoch, "bad": err.reason}
+            return err.reason
         if wave.numel() != int(self.index.sizes[item]):
-            return {"id": index, "epoch": epoch, "bad": f"decoded {wave.numel()} samples but the index says "
-                                                        f"{int(self.index.sizes[item])}; re-run speechcl prepare shards"}
-        if self.normalize:
-            wave = normalize_wave(wave)
-        if self.max_sample_size is not None and wave.numel() > self.max_sample_size:
-            start = crop_offset(wave.numel(), self.max_sample_size, self.seed, epoch, index) if self.random_crop else 0
-            wave = wave[start: start + self.max_sample_size]
-        sample: dict[str, Any] = {"id": index, "epoch": epoch, "source": wave}
-        if self.labels is not None:
-            sample["target"] = torch.tensor(self.labels[item], dtype=torch.long)
-        return sample
+            return (f"decoded {wave.numel()} samples but the index says {int(self.index.sizes[item])}; "
+                    "re-run speechcl prepare shards")
+        return wave
 
 
 @dataclass
