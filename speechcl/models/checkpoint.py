@@ -69,8 +69,15 @@ def build_model(architecture: str, cfg: Wav2Vec2Config, vocab_size: int | None =
                      f"Wav2Vec2Encoder or one of {', '.join(cls.__name__ for cls in METHODS.values())})")
 
 
-def save_checkpoint(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically)."""
+DCP_DIR = "dcp"  # an FSDP training checkpoint's model and optimizer shards (speechcl.training.sharding)
+
+
+def save_checkpoint(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None,
+                    state: dict[str, torch.Tensor] | None = None, weights: bool = True) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically).
+
+    ``state`` replaces ``model.state_dict()`` (e.g. the full weights gathered from an FSDP-sharded model);
+    ``weights=False`` writes ``config.json`` only."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg: Wav2Vec2Config = model.cfg  # type: ignore[assignment]
@@ -82,8 +89,9 @@ def save_checkpoint(model: nn.Module, directory: str | Path, extra: dict[str, An
         meta["objective"] = model.objective_config()
     if extra:
         meta.update(extra)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_save(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    if weights:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
+        atomic_save(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     atomic_write_json(directory / CONFIG_NAME, meta)
     return directory
 
@@ -114,10 +122,27 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     directory = Path(directory)
     model = model_from_config(read_config(directory), str(directory / CONFIG_NAME))
     weights = directory / WEIGHTS_NAME
-    if not weights.exists():
+    if weights.exists():
+        load_state_strict(model, read_safetensors(weights), str(weights))
+    elif (directory / DCP_DIR / ".metadata").exists():
+        load_dcp_weights(model, directory / DCP_DIR)
+    else:
         raise FileNotFoundError(f"{weights} not found: the checkpoint directory is incomplete")
-    load_state_strict(model, read_safetensors(weights), str(weights))
     return model.to(map_location).eval()
+
+
+def load_dcp_weights(model: nn.Module, source: Path) -> None:
+    """Load the model entries of a ``torch.distributed.checkpoint`` folder (an FSDP training checkpoint's
+    ``dcp/``, written by any number of ranks) into ``model``, in this process (no process group needed)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    try:
+        dcp.load(state, checkpoint_id=str(source), no_dist=True)
+    except Exception as err:  # noqa: BLE001 - name the folder and what to do
+        raise ValueError(f"cannot read the model shards in {source} into the model its config.json describes "
+                         f"({err}); the checkpoint may be incomplete or from another model") from err
+    load_state_strict(model, state["model"], str(source))
 
 
 def model_from_config(meta: dict[str, Any], source: str) -> SpeechclModel:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -138,6 +141,23 @@ class TransformerLayer(nn.Module):
         return self.final_layer_norm(x + self._ffn(x))
 
 
+_SHARED_LAYERDROP: contextvars.ContextVar[torch.Generator | None] = contextvars.ContextVar("shared_layerdrop",
+                                                                                          default=None)
+
+
+@contextlib.contextmanager
+def shared_layerdrop(seed: int) -> Iterator[None]:
+    """Inside, layerdrop decisions come from a CPU generator seeded with ``seed`` instead of the forward's own
+    ``generator``: the trainer passes a seed that is the same on every rank for the same update, so every rank
+    skips the same layers (differing skips would leave DDP's gradients unmatched and deadlock FSDP's
+    collectives). Successive context networks inside draw successive numbers (two views, two decisions)."""
+    token = _SHARED_LAYERDROP.set(torch.Generator().manual_seed(seed))
+    try:
+        yield
+    finally:
+        _SHARED_LAYERDROP.reset(token)
+
+
 class ContextNetwork(nn.Module):
     """Positional conv + transformer layers, with layerdrop and padding masks.
 
@@ -202,9 +222,12 @@ class ContextNetwork(nn.Module):
         hidden: list[Tensor] = []
         skip = None
         if self.training and self.layerdrop > 0:
-            skip = torch.rand(len(self.layers), generator=generator, device=x.device if generator is None
-                              else generator.device) < self.layerdrop
-            skip = skip.tolist()
+            shared = _SHARED_LAYERDROP.get()
+            if shared is not None:
+                skip = (torch.rand(len(self.layers), generator=shared) < self.layerdrop).tolist()
+            else:
+                skip = (torch.rand(len(self.layers), generator=generator, device=x.device if generator is None
+                                   else generator.device) < self.layerdrop).tolist()
         for i, layer in enumerate(self.layers):
             if return_hidden:
                 hidden.append(x)

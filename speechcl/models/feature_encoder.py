@@ -275,8 +275,8 @@ def _layer_norm_backward(grad: Tensor, y: Tensor, stats: tuple[Tensor, Tensor], 
     slices = (t.split(_SLICE_FRAMES, 1) for t in (grad, y, *stats))
     for g, x, mean, rstd in zip(*slices):
         g32, x32, mean, rstd = (t.float().contiguous() for t in (g, x, mean, rstd))
-        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
-            g32, x32, norm.normalized_shape, mean, rstd, norm.weight, norm.bias, [True, True, True])
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(  # (FSDP's bf16 parameters: upcast too)
+            g32, x32, norm.normalized_shape, mean, rstd, norm.weight.float(), norm.bias.float(), [True, True, True])
         g.copy_(dx)
         grad_weight += dw
         grad_bias += db
@@ -299,8 +299,11 @@ class _Activation:
         if self.kind == "layer":
             # The CPU kernel computes a reduced-precision input in float32 itself; elsewhere it is upcast.
             native = y.dtype == torch.float32 or y.device.type == "cpu"
-            out, mean, rstd = torch.native_layer_norm(y if native else y.float(), self.norm.normalized_shape,
-                                                      self.norm.weight, self.norm.bias, self.norm.eps)
+            x = y if native else y.float()
+            weight, bias = self.norm.weight, self.norm.bias
+            if x.dtype == torch.float32:  # reduced-precision parameters (FSDP's bf16) with a float32 input
+                weight, bias = weight.float(), bias.float()
+            out, mean, rstd = torch.native_layer_norm(x, self.norm.normalized_shape, weight, bias, self.norm.eps)
             return out.to(y.dtype), (mean, rstd)
         return y, None
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from speechcl.models.checkpoint import load_state_strict, read_safetensors, save_checkpoint
+from speechcl.training.distributed import DistInfo, barrier
 
 STATE_NAME = "trainer_state.pt"
 
@@ -97,19 +98,54 @@ class CheckpointManager:
             "there is no earlier one"
         return self._write(tag, write, f"cannot write checkpoint {self.path(tag)}", previous)
 
+    def save_sharded(self, tag: str, model: nn.Module, state: dict[str, Any], write_shards: Callable[[Path], object],
+                     info: DistInfo, weights: dict[str, torch.Tensor] | None = None,
+                     extra_config: dict[str, Any] | None = None) -> None:
+        """Every rank calls it: ``write_shards(tmp)`` on every rank (DCP shards of an FSDP model), then the main
+        process adds ``config.json``, ``trainer_state.pt`` (``state``) and, given the gathered ``weights``,
+        ``model.safetensors``, and swaps the folder in as checkpoint ``tag``. The folder must be on a file system
+        every rank sees."""
+        tmp = self.root / f".tmp-{tag}-sharded"
+        if info.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._recover(tag)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        barrier(info)
+        try:
+            write_shards(tmp)
+        except Exception as err:  # noqa: BLE001 - DCP raises its own exception type for a failed write on any rank
+            if info.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(f"cannot write the sharded checkpoint {self.path(tag)} ({err}); the previous "
+                                       "one is intact: free space or fix the file system, then rerun the same command "
+                                       "to resume") from err
+        if info.is_main:
+            def write(folder: Path) -> None:
+                save_checkpoint(model, folder, extra=extra_config, state=weights, weights=weights is not None)
+                torch.save(state, folder / STATE_NAME)
+
+            self._write(tag, write, f"cannot write checkpoint {self.path(tag)}", "the previous one is intact",
+                        tmp=tmp)
+        barrier(info)
+
     def copy(self, src: str, dst: str) -> None:
         """Make checkpoint ``dst`` a copy of ``src`` (e.g. ``best`` from ``last``), atomically."""
         self._write(dst, lambda tmp: shutil.copytree(self.path(src), tmp),
                     f"cannot copy checkpoint {self.path(src)} to {self.path(dst)}", "both are as they were")
 
-    def _write(self, tag: str, write: Callable[[Path], object], failed: str, kept: str) -> Path:
+    def _write(self, tag: str, write: Callable[[Path], object], failed: str, kept: str, tmp: Path | None = None
+               ) -> Path:
         """``write`` a new checkpoint folder beside ``tag`` and swap it in with two renames. A write that
         fails (disk full, I/O error, quota) leaves ``tag`` as it was and raises :class:`CheckpointWriteError`
-        with ``failed`` and ``kept`` in its message."""
-        self._recover(tag)  # a leftover .old-<tag> is finished first: it may be the only complete copy
-        tmp = self.root / f".tmp-{tag}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with ``failed`` and ``kept`` in its message. ``tmp``: a folder already holding part of the checkpoint
+        (the sharded save's), written into instead of a fresh one."""
+        if tmp is None:
+            self._recover(tag)  # a leftover .old-<tag> is finished first: it may be the only complete copy
+            tmp = self.root / f".tmp-{tag}-{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
         try:
             write(tmp)
         except OSError as err:
@@ -131,6 +167,17 @@ class CheckpointManager:
         for _, p in steps[: max(len(steps) - self.keep_last, 0)]:
             shutil.rmtree(p)
 
+    def load_state(self, tag: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The trainer state of checkpoint ``tag`` (not the weights)."""
+        self._recover(tag)
+        state_path = self.path(tag) / STATE_NAME
+        try:
+            return torch.load(state_path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint {self.path(tag)} is incomplete (no {STATE_NAME})") from None
+        except Exception as err:  # noqa: BLE001 - report which file and why
+            raise ValueError(f"cannot read {state_path}: {err}") from err
+
     def load(self, tag: str, model: nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Load weights into ``model`` and return the trainer state of checkpoint ``tag``."""
         self._recover(tag)
@@ -140,7 +187,4 @@ class CheckpointManager:
         if not weights.exists() or not state_path.exists():
             raise FileNotFoundError(f"checkpoint {directory} is incomplete (needs model.safetensors and {STATE_NAME})")
         load_state_strict(model, read_safetensors(weights, map_location), str(weights))
-        try:
-            return torch.load(state_path, map_location=map_location, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - report which file and why
-            raise ValueError(f"cannot read {state_path}: {err}") from err
+        return self.load_state(tag, map_location)

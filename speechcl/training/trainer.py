@@ -11,9 +11,15 @@ of all micro-batches on all ranks are summed and divided by the global sample si
 ranks, so gradients are multiplied by ``world_size / global_sample_size``.
 
 Randomness: every micro-batch reseeds the global RNG and a private generator from
-``(seed, epoch, global batch number)``. Masks, distractors, Gumbel noise, dropout and layerdrop are then
-a function of the data position only, so a resumed run follows the uninterrupted trajectory and one
-process with ``update_freq = N`` matches N processes exactly.
+``(seed, epoch, global batch number)``. Masks, distractors, Gumbel noise and dropout are then a function of
+the data position only, so a resumed run follows the uninterrupted trajectory and one process with
+``update_freq = N`` matches N processes exactly. Layerdrop decisions come from ``(seed, epoch, update)``
+(:func:`~speechcl.models.context.shared_layerdrop`): the same on every rank and micro-batch of an update,
+which FSDP needs (a layer skipped on one rank only would leave the others waiting in its all-gather).
+
+``trainer.strategy=fsdp`` shards the model with FSDP2 after it is on its device and before the optimizer is
+built (:mod:`speechcl.training.sharding`); gradient accumulation, normalisation, clipping and the non-finite
+checks are the same code as with DDP, and checkpoints add DCP shards of model and optimizer.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from speechcl.data.loader import ResumableLoader
+from speechcl.models.context import shared_layerdrop
 from speechcl.training.checkpoints import CheckpointManager, rng_state, set_rng_state
 from speechcl.training.distributed import (
     DistInfo,
@@ -42,6 +49,14 @@ from speechcl.training.distributed import (
 )
 from speechcl.training.metrics import MetricLogger
 from speechcl.training.schedules import ScheduleConfig, Scheduler
+from speechcl.training.sharding import (
+    full_tensor,
+    gather_full_weights,
+    has_shards,
+    load_shards,
+    save_shards,
+    shard_model,
+)
 from speechcl.utils.device import resolve_device
 from speechcl.utils.io import atomic_write_text, write_lines
 from speechcl.utils.signals import Preempted, preemptible
@@ -86,6 +101,10 @@ class TrainerConfig:
     max_bad_item_share: float = 0.01  # stop when more than this share of training items cannot be read
     tensorboard: bool = True
     find_unused_parameters: bool = False
+    # ddp: every rank holds the whole model and optimizer; fsdp: FSDP2 shards parameters, gradients and
+    # optimizer states over the ranks (speechcl.training.sharding), checkpoints written with DCP
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    fsdp_full_weights: bool = True  # fsdp: also gather the full weights into each checkpoint's model.safetensors
     compile: bool = False  # torch.compile the encoder's transformer layers (speechcl.models.compile)
 
 
@@ -392,6 +411,7 @@ class _Run:
     ckpt: CheckpointManager
     extra_config: dict[str, Any]
     ddp_model: nn.Module | None = None  # the model forward/backward runs through (DDP wrapper or model)
+    sharded: bool = False  # trainer.strategy=fsdp with more than one rank: model is FSDP2-sharded
     last_batch: dict[str, Any] | None = None  # this rank's last readable batch (see _stand_in)
     logger: MetricLogger | None = None
 
@@ -446,6 +466,14 @@ def _setup(model: nn.Module, task: Task, train_loader: ResumableLoader, valid_lo
         log.info("trainer.precision=auto: training in %s on %s", precision, device)
     if cfg.update_freq < 1:
         raise ValueError(f"trainer.update_freq must be >= 1, got {cfg.update_freq}")
+    if cfg.strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"trainer.strategy must be ddp or fsdp, got {cfg.strategy!r}")
+    sharded = cfg.strategy == "fsdp" and info.enabled
+    if sharded and precision == "fp16":
+        raise ValueError("trainer.strategy=fsdp trains in fp32 or bf16 (fp16's loss scaling is not sharded here): "
+                         "set trainer.precision=bf16 or fp32")
+    if cfg.strategy == "fsdp" and not info.enabled and info.is_main:
+        log.info("trainer.strategy=fsdp with one process: nothing to shard, training as one process")
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     if cfg.compile:
@@ -454,9 +482,14 @@ def _setup(model: nn.Module, task: Task, train_loader: ResumableLoader, valid_lo
         layers = compile_encoder(model)
         if info.is_main:
             log.info("trainer.compile: %d transformer layers compiled (dynamic shapes)", layers)
-    optimizer = build_optimizer(model, optim_cfg)
+    if sharded:
+        units = shard_model(model, precision)
+        if info.is_main:
+            log.info("trainer.strategy=fsdp: %d FSDP units and the root sharded over %d ranks", units,
+                     info.world_size)
+    optimizer = build_optimizer(model, optim_cfg)  # after sharding: it steps the local shards
     return _Run(model=model, task=task, train_loader=train_loader, valid_loader=valid_loader, exp_dir=exp_dir,
-                cfg=cfg, clip_norm=optim_cfg.clip_norm, device=device, precision=precision, info=info,
+                cfg=cfg, clip_norm=optim_cfg.clip_norm, device=device, precision=precision, info=info, sharded=sharded,
                 optimizer=optimizer, scheduler=Scheduler(optimizer, schedule_cfg, optim_cfg.lr, cfg.max_update),
                 scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
                 ckpt=CheckpointManager(exp_dir, keep_last=cfg.keep_last), extra_config=extra_config)
@@ -469,9 +502,7 @@ def _resume(run: _Run) -> Progress:
         run.ckpt.exists("last")  # finish a swap a kill interrupted, once, before the other ranks look
     barrier(run.info)
     if run.ckpt.exists("last"):
-        state = run.ckpt.load("last", run.model, map_location="cpu")
-        run.model.to(run.device)
-        load_optimizer_state(run.optimizer, state["optimizer"])
+        state = _load_last(run)
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
         run.train_loader.load_state_dict(state["loader"])
@@ -495,12 +526,32 @@ def _resume(run: _Run) -> Progress:
     if progress.bad_items:
         _write_bad_items(run, progress)  # the file may hold lines from after the checkpoint: rewrite it
     run.ddp_model = run.model
-    if run.info.enabled:
+    if run.info.enabled and not run.sharded:
         run.ddp_model = nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
             find_unused_parameters=run.cfg.find_unused_parameters,
         )
     return progress
+
+
+def _load_last(run: _Run) -> dict[str, Any]:
+    """``checkpoints/last`` into model and optimizer; returns its trainer state. An FSDP checkpoint is read
+    from its DCP shards (at any number of ranks), a DDP one from ``model.safetensors`` and the state file."""
+    directory = run.ckpt.path("last")
+    written = "fsdp" if has_shards(directory) else "ddp"
+    if written != ("fsdp" if run.sharded else "ddp"):
+        now = "trainer.strategy=fsdp" if run.sharded else f"trainer.strategy={run.cfg.strategy} on {run.info.world_size} " \
+            "process(es)"
+        raise ValueError(f"{directory} was written by a trainer.strategy={written} run and this one is {now}: resume "
+                         f"with trainer.strategy={written}" + (" on more than one process" if written == "fsdp" else "")
+                         + ", or start a new experiment from its weights")
+    if not run.sharded:
+        state = run.ckpt.load("last", run.model, map_location="cpu")
+        run.model.to(run.device)
+        load_optimizer_state(run.optimizer, state["optimizer"])
+        return state
+    load_shards(run.model, run.optimizer, directory)
+    return run.ckpt.load_state("last")
 
 
 def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Progress, stop: bool) -> _Step:
@@ -525,10 +576,13 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
         generator = torch.Generator(device).manual_seed(seed + 1)
         audio_seconds = 0.0 if batch.get("stand_in") else float((~batch["padding_mask"]).sum()) / 16000.0
         batch = _to_device(batch, device)  # (counted on the host copy above: no wait for the device)
-        sync = info.enabled and i < len(group) - 1
+        # DDP: no gradient all-reduce before the last micro-batch. FSDP reduce-scatters every micro-batch into the
+        # sharded gradients instead: skipping it would keep whole unsharded gradients, FSDP's memory saving lost
+        accumulate = info.enabled and i < len(group) - 1
         assert run.ddp_model is not None
-        with run.ddp_model.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
-            with autocast_context(device, run.precision):
+        layerdrop_seed = micro_seed(run.cfg.seed + 104_729, progress.epoch, position // run.cfg.update_freq)
+        with run.ddp_model.no_sync() if accumulate and not run.sharded else contextlib.nullcontext():  # type: ignore[operator]
+            with autocast_context(device, run.precision), shared_layerdrop(layerdrop_seed):
                 out = run.task.forward(run.ddp_model, batch, generator)
             if batch.get("stand_in"):  # the same statistics keys as the other ranks' (they are summed), zeroed
                 out = TaskOutput(loss=out.loss * 0.0, sample_size=0, stats=dict.fromkeys(out.stats, 0.0))
@@ -619,7 +673,7 @@ def _normalise_and_clip(run: _Run, total_size: float) -> float:
         if p.grad is not None:
             p.grad.mul_(factor)
     max_norm = run.clip_norm if run.clip_norm > 0 else math.inf
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm)))
 
 
 def _count_nonfinite(run: _Run, progress: Progress, total_loss: float, grad_norm: float) -> None:
@@ -675,17 +729,25 @@ def _validate(run: _Run, progress: Progress) -> dict[str, float] | None:
 
 
 def _save(run: _Run, progress: Progress, keep: bool = False) -> None:
-    """Write ``checkpoints/last`` (main process; every rank waits), and with ``keep`` a ``step_<N>`` copy."""
+    """Write ``checkpoints/last`` (main process; every rank waits; with FSDP every rank writes its shards),
+    and with ``keep`` a ``step_<N>`` copy."""
+    state: dict[str, Any] = {}
     if run.info.is_main:
         state = {
             "num_updates": progress.num_updates, "epoch": progress.epoch, "best": progress.best,
             "nonfinite_skipped": progress.nonfinite_skipped, "train_seconds": progress.seconds(),
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "optimizer": None if run.sharded else run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "loader": run.train_loader.state_dict(), "rng": rng_state(),
             "task": run.task.state_dict(), "bad_items": dict(progress.bad_items),
             "trainer": _plain(asdict(run.cfg)),
         }
+    if run.sharded:
+        weights = gather_full_weights(run.model) if run.cfg.fsdp_full_weights else None
+        run.ckpt.save_sharded("last", run.model, state, lambda tmp: save_shards(run.model, run.optimizer, tmp),
+                              run.info, weights=weights, extra_config=run.extra_config or None)
+    elif run.info.is_main:
         run.ckpt.save("last", run.model, state, extra_config=run.extra_config or None)
+    if run.info.is_main:
         if keep:
             run.ckpt.copy("last", f"step_{progress.num_updates:08d}")
             run.ckpt.prune()
