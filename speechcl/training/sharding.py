@@ -58,13 +58,6 @@ def shard_model(model: nn.Module, precision: str) -> int:
     return len(units)
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """True when ``model`` went through :func:`shard_model` (``fully_shard`` changes its class)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def full_tensor(value: Tensor) -> Tensor:
     """A DTensor's whole value (a plain tensor unchanged): e.g. the gradient norm ``clip_grad_norm_`` returns."""
     from torch.distributed.tensor import DTensor
