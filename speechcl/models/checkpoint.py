@@ -131,17 +131,27 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     return model.to(map_location).eval()
 
 
+def dcp_error_reason(err: BaseException) -> str:
+    """The last line of a ``torch.distributed.checkpoint`` error, whose message embeds each rank's traceback."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[-1]
+
+
 def load_dcp_weights(model: nn.Module, source: Path) -> None:
     """Load the model entries of a ``torch.distributed.checkpoint`` folder (an FSDP training checkpoint's
     ``dcp/``, written by any number of ranks) into ``model``, in this process (no process group needed)."""
+    import warnings
+
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     state = {"model": model.state_dict()}
     try:
-        dcp.load(state, checkpoint_id=str(source), no_dist=True)
-    except Exception as err:  # noqa: BLE001 - name the folder and what to do
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message=".*load in a single process", category=UserWarning)
+            dcp.load(state, checkpoint_id=str(source), no_dist=True)
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - (DCP's is a BaseException) name the folder
         raise ValueError(f"cannot read the model shards in {source} into the model its config.json describes "
-                         f"({err}); the checkpoint may be incomplete or from another model") from err
+                         f"({dcp_error_reason(err)}); the checkpoint may be incomplete or from another model") from err
     load_state_strict(model, state["model"], str(source))
 
 

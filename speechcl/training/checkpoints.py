@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
-from speechcl.models.checkpoint import load_state_strict, read_safetensors, save_checkpoint
+from speechcl.models.checkpoint import dcp_error_reason, load_state_strict, read_safetensors, save_checkpoint
 from speechcl.training.distributed import DistInfo, barrier
 
 STATE_NAME = "trainer_state.pt"
@@ -115,10 +116,10 @@ class CheckpointManager:
         barrier(info)
         try:
             write_shards(tmp)
-        except Exception as err:  # noqa: BLE001 - DCP raises its own exception type for a failed write on any rank
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP's (a BaseException) for a failed write on any rank
             if info.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointWriteError(f"cannot write the sharded checkpoint {self.path(tag)} ({err}); the previous "
+            raise CheckpointWriteError(f"cannot write the sharded checkpoint {self.path(tag)} ({dcp_error_reason(err)}); the previous "
                                        "one is intact: free space or fix the file system, then rerun the same command "
                                        "to resume") from err
         if info.is_main:

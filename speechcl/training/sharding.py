@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from speechcl.models.checkpoint import (
     DCP_DIR,
+    dcp_error_reason,
     load_dcp_weights,
     model_from_config,
     read_config,
@@ -78,6 +79,7 @@ def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer, directory: P
     """Load ``directory/dcp`` into the sharded ``model`` and its ``optimizer`` (every rank calls it; the shards
     may come from another number of ranks)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     source = directory / DCP_DIR
@@ -86,7 +88,11 @@ def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer, directory: P
                                 "with trainer.strategy=fsdp, or its save was cut short")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=str(source))
+    try:
+        dcp.load(state, checkpoint_id=str(source))
+    except CheckpointException as err:  # a BaseException: name the folder instead of a traceback per rank
+        raise ValueError(f"cannot resume from the DCP shards in {source} ({dcp_error_reason(err)}); the checkpoint may be incomplete: "
+                         "remove checkpoints/last to restart from scratch, or copy a complete one into its place") from err
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
