@@ -268,10 +268,13 @@ def _merge(into: dict[str, float], stats: dict[str, float]) -> None:
 
 
 def _reduce_stats(stats: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Sums over ranks. Ranks may hold different keys (a task logs some sums only for batches that have
+    them, e.g. MoCo's queue statistics, and one rank's share of a split may have none): the union of keys
+    is reduced, a key a rank lacks counting 0 there."""
     if not info.enabled:
         return stats
-    keys = sorted(stats)
-    values = all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device), info)
+    keys = sorted(set(all_gather_objects(sorted(stats), info)))
+    values = all_reduce_sum(torch.tensor([stats.get(k, 0.0) for k in keys], dtype=torch.float64, device=device), info)
     return dict(zip(keys, values.tolist()))
 
 
