@@ -66,11 +66,12 @@ import torch
 from speechcl.audio.io import AudioError
 from speechcl.data.batching import length_sorted_batches
 from speechcl.data.dataset import AudioDataset
+from speechcl.data.frame_labels import read_frame_labels
 from speechcl.data.labels import Dictionary, read_lines
 from speechcl.data.loader import stop_workers_at_exit, worker_init
-from speechcl.data.manifest import Manifest
+from speechcl.data.manifest import Manifest, read_manifest
 from speechcl.data.sampler import _distributed_defaults
-from speechcl.data.shards import ShardIndex
+from speechcl.data.shards import ShardIndex, index_path, shard_key
 
 FORMATS = ("manifest", "shards")
 """Values of ``data.format``: ``<manifest_dir>/<subset>.tsv`` manifests or ``<shards_dir>`` tar shards."""
@@ -201,6 +202,35 @@ def balance_ranks(batches: list[list[list[list[int]]]], reads: list[list[list[in
 # ----------------------------------------------------------------------------- dataset, plan, loader
 
 
+def index_frame_labels(index: ShardIndex, manifest_path: str | Path, label_path: str | Path,
+                       conv_layers: Sequence[Any]) -> list[np.ndarray]:
+    """The frame labels (``speechcl cluster``'s ``<split>.<ext>``, one line per manifest item) of every item of
+    ``index``, in index order: the shards keep each item's manifest line (``manifest_index``), so labels made
+    for the manifest the shards were written from — before or after writing them — need no new shards.
+
+    Raises:
+        ValueError: the index has no manifest lines (written by an older speechcl), or ``manifest_path`` is not
+            the manifest the shards were written from (an item's path or length differs; the message names both).
+        FileNotFoundError / ValueError: as :func:`~speechcl.data.frame_labels.read_frame_labels`.
+    """
+    where = index_path(index.directory, index.split)
+    if index.manifest_index is None:
+        raise ValueError(f"{where} records no manifest line per item, so frame labels cannot be matched to its "
+                         "items: re-run speechcl prepare shards (a rerun keeps the shards that check out)")
+    manifest = read_manifest(manifest_path)
+    rows = index.manifest_index
+    for item, row in enumerate(rows.tolist()):
+        bad = not 0 <= row < len(manifest)
+        if bad or shard_key(manifest.paths[row]) != index.keys[item] or manifest.sizes[row] != index.sizes[item]:
+            found = "no such line" if bad else f"{manifest.paths[row]} ({manifest.sizes[row]} samples)"
+            raise ValueError(f"{where}: item {index.keys[item]} ({index.sizes[item]} samples) was written from line "
+                             f"{row + 1} of its manifest ({index.source_manifest}), but {manifest_path} has {found} "
+                             "there: the frame labels must belong to the manifest the shards were written from "
+                             "(set data.manifest_dir to its folder, or re-run speechcl prepare shards from this one)")
+    labels = read_frame_labels(label_path, manifest, conv_layers)
+    return [labels[row] for row in rows.tolist()]
+
+
 class ShardDataset(AudioDataset):
     """The items of a shard index as :class:`~speechcl.data.dataset.AudioDataset` items (same filtering by
     length, crops, labels, collater and ``bad`` items), read from the tars by byte offset.
@@ -209,25 +239,30 @@ class ShardDataset(AudioDataset):
         index: the split's :class:`~speechcl.data.shards.ShardIndex`.
         labels: optional token ids per index item (e.g. from ``<split>.ltr`` beside the index).
         **kwargs: as for :class:`AudioDataset` (``max_sample_size``, ``min_sample_size``, ``pad``,
-            ``normalize``, ``random_crop``, ``seed``); frame labels are not supported.
+            ``normalize``, ``random_crop``, ``seed``, and ``frame_labels`` in index order with their
+            ``conv_layers``: see :func:`index_frame_labels`).
 
     Dataset index ``i`` is the ``i``-th item of the index that passes the length filter, as for a manifest.
     """
 
     def __init__(self, index: ShardIndex, labels: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> None:
-        if kwargs.get("frame_labels") is not None:
-            raise ValueError("frame labels (data.frame_labels, objective=hubert) are not read from shards; use "
-                             "data.format=manifest for them")
         super().__init__(Manifest(str(index.directory), list(index.keys), index.sizes.tolist()), labels=labels,
                          **kwargs)
         self.index = index
 
     @classmethod
     def from_dir(cls, directory: str | Path, split: str, label_ext: str | None = None,
-                 dictionary: Dictionary | None = None, **kwargs: Any) -> ShardDataset:
+                 dictionary: Dictionary | None = None, frame_label_path: str | Path | None = None,
+                 label_manifest: str | Path | None = None, **kwargs: Any) -> ShardDataset:
         """``<directory>/<split>.index.json``, with the labels ``<directory>/<split>.<label_ext>`` (copied there
-        by ``speechcl prepare shards``) encoded by ``dictionary`` when ``label_ext`` is given."""
+        by ``speechcl prepare shards``) encoded by ``dictionary`` when ``label_ext`` is given, and the frame
+        labels ``frame_label_path`` of the manifest ``label_manifest`` (the one the shards were written from;
+        needs ``conv_layers``) matched to the items by :func:`index_frame_labels`."""
         index = ShardIndex.load(directory, split)
+        if frame_label_path is not None:
+            if label_manifest is None or kwargs.get("conv_layers") is None:
+                raise ValueError(f"frame labels {frame_label_path} need their manifest and conv_layers")
+            kwargs["frame_labels"] = index_frame_labels(index, label_manifest, frame_label_path, kwargs["conv_layers"])
         labels = None
         if label_ext:
             path = Path(directory) / f"{split}.{label_ext}"

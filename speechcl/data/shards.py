@@ -469,7 +469,7 @@ class ShardIndex:
         self.shard_names: list[str] = [s["name"] for s in meta["shards"]]
         self.shard_bytes: list[int] = [int(s["bytes"]) for s in meta["shards"]]
         self.keys: list[str] = []
-        sizes, shard, offset, flac, member_json, start = [], [], [], [], [], []
+        sizes, shard, offset, flac, member_json, start, rows = [], [], [], [], [], [], []
         self.shard_items: list[range] = []
         for number, entry in enumerate(meta["shards"]):
             n = len(entry["keys"])
@@ -485,6 +485,7 @@ class ShardIndex:
             flac += entry["flac"]
             member_json += entry["json"]
             start += entry["offset"]
+            rows += entry.get("manifest_index", [])
         if len(self.keys) != int(meta["num_items"]):
             raise ValueError(f"{source}: {len(self.keys)} items in its shards but num_items={meta['num_items']}")
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -493,6 +494,9 @@ class ShardIndex:
         self.flac = np.asarray(flac, dtype=np.int64).reshape(-1, 2)
         self.json = np.asarray(member_json, dtype=np.int64).reshape(-1, 2)
         self.start = np.asarray(start, dtype=np.int64)
+        # each item's line in the source manifest (None for an index written without them)
+        self.manifest_index = np.asarray(rows, dtype=np.int64) if len(rows) == len(self.keys) else None
+        self.source_manifest: str | None = (meta.get("source") or {}).get("manifest")
         self._files: OrderedDict[int, int] = OrderedDict()
         self._pid = os.getpid()
 

@@ -166,24 +166,17 @@ def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: An
                  shuffle: bool = True, conv_layers: Any = None) -> ResumableLoader | ShardStreamLoader:
     """A resumable loader over ``<manifest_dir>/<subset>.tsv`` (pretraining: no labels, crops), with the frame
     labels ``<subset>.<data.frame_labels>`` when set (``conv_layers``: the model config's, their frame formula).
-    With ``data.format=shards``: a streaming loader over ``<shards_dir>/<subset>.index.json`` instead."""
-    if data.format == "shards":
-        if data.frame_labels:
-            raise ValueError("data.frame_labels (objective=hubert) needs data.format=manifest: frame labels are not "
-                             "read from shards")
-        return build_shard_loader(data.shards_dir, subset, data.max_tokens, data.max_batch_size or None,
-                                  shuffle=shuffle and train_split, seed=data.seed, shuffle_buffer=data.shuffle_buffer,
-                                  num_workers=data.num_workers, max_sample_size=data.max_sample_size,
-                                  min_sample_size=data.min_sample_size, pad=data.pad, normalize=data.normalize,
-                                  random_crop=train_split)
-    manifest = Path(data.manifest_dir) / f"{subset}.tsv"
-    if not manifest.exists():
-        raise FileNotFoundError(
-            f"manifest {manifest} not found: run `speechcl prepare` first or set data.manifest_dir / "
-            f"data.{'train' if train_split else 'valid'}_subset"
-        )
+    With ``data.format=shards``: a streaming loader over ``<shards_dir>/<subset>.index.json`` instead (frame
+    labels still come from ``<manifest_dir>``, matched to the shards' items by their manifest lines)."""
+    manifest = Path(data.manifest_dir or ".") / f"{subset}.tsv"
     frame_labels: dict[str, Any] = {}
     if data.frame_labels:
+        if data.format == "shards" and not data.manifest_dir:
+            raise ValueError("data.frame_labels with data.format=shards needs data.manifest_dir: the folder of the "
+                             "manifests the shards were written from, where speechcl cluster wrote the labels")
+        if not manifest.exists():
+            raise FileNotFoundError(f"manifest {manifest} not found: the frame labels {data.frame_labels} are "
+                                    "matched to its items; set data.manifest_dir")
         if conv_layers is None:
             raise ValueError("data.frame_labels needs the model's conv_layers (their frame formula)")
         info = read_label_info(data.manifest_dir, data.frame_labels)
@@ -192,6 +185,18 @@ def build_loader(data: DataConfig, subset: str, train_split: bool, *, labels: An
         check_label_split(info, manifest, data.frame_labels, source)
         frame_labels = {"frame_label_path": labels_path(data.manifest_dir, subset, data.frame_labels),
                         "conv_layers": conv_layers}
+    if data.format == "shards":  # frame labels: the manifest's lines, matched to the items by the index
+        labels_of = {"label_manifest": manifest, **frame_labels} if frame_labels else {}
+        return build_shard_loader(data.shards_dir, subset, data.max_tokens, data.max_batch_size or None,
+                                  shuffle=shuffle and train_split, seed=data.seed, shuffle_buffer=data.shuffle_buffer,
+                                  num_workers=data.num_workers, max_sample_size=data.max_sample_size,
+                                  min_sample_size=data.min_sample_size, pad=data.pad, normalize=data.normalize,
+                                  random_crop=train_split, **labels_of)
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"manifest {manifest} not found: run `speechcl prepare` first or set data.manifest_dir / "
+            f"data.{'train' if train_split else 'valid'}_subset"
+        )
     dataset = AudioDataset.from_files(
         manifest, max_sample_size=data.max_sample_size, min_sample_size=data.min_sample_size, pad=data.pad,
         normalize=data.normalize, random_crop=train_split, seed=data.seed, **frame_labels,

@@ -151,29 +151,38 @@ def test_learns_labels_that_the_audio_determines(one_thread: None) -> None:
     assert chance == 0.5 and accuracy > 0.9
 
 
-def test_pretrain_reads_num_classes_from_the_label_info(tmp_path: Path, one_thread: None) -> None:
+def _clustered(data: Path, sizes: tuple[int, ...] = (20001, 20001, 20001, 20001)) -> None:
+    """Noise files in ``data`` (train: ``sizes``, valid: 2), their manifests and 6-cluster MFCC labels ``km``."""
     import soundfile as sf
 
     from speechcl.cluster import KMeansConfig, MfccFeatures, cluster_manifests
     from speechcl.data.manifest import Manifest, write_manifest
-    from speechcl.models.checkpoint import read_config
-    from tests.training.helpers import run_pretrain_verb
 
     rng = np.random.default_rng(0)
-    data = tmp_path / "data"
     data.mkdir()
-    for split, n in (("train", 4), ("valid", 2)):
-        names = [f"{split}{i}.flac" for i in range(n)]
-        for name in names:
-            sf.write(data / name, (0.1 * rng.standard_normal(20001)).astype(np.float32), 16000)
-        write_manifest(data / f"{split}.tsv", Manifest(str(data), names, [20001] * n))
+    for split, lengths in (("train", sizes), ("valid", (20001, 20001))):
+        names = [f"{split}{i}.flac" for i in range(len(lengths))]
+        for name, n in zip(names, lengths):
+            sf.write(data / name, (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
+        write_manifest(data / f"{split}.tsv", Manifest(str(data), names, list(lengths)))
     cluster_manifests(data, ["train", "valid"], MfccFeatures(preset("tiny").conv_layers), KMeansConfig(6, n_init=1),
                       "km", progress=False)
-    exp = tmp_path / "exp"
-    argv = ["--config-name", "pretrain_cpu", "objective=hubert", f"data.manifest_dir={data}", "model=tiny",
+
+
+def _pretrain_argv(data: Path, exp: Path) -> list[str]:
+    return ["--config-name", "pretrain_cpu", "objective=hubert", f"data.manifest_dir={data}", "model=tiny",
             f"exp_dir={exp}", "trainer.max_update=2", "trainer.threads=1", "trainer.tensorboard=false",
             "trainer.precision=fp32", "data.num_workers=0", "data.min_sample_size=8000", "data.max_sample_size=16000",
             "data.max_tokens=32000", "trainer.valid_interval=0", "trainer.save_interval=0"]
+
+
+def test_pretrain_reads_num_classes_from_the_label_info(tmp_path: Path, one_thread: None) -> None:
+    from speechcl.models.checkpoint import read_config
+    from tests.training.helpers import run_pretrain_verb
+
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _clustered(data)
+    argv = _pretrain_argv(data, exp)
     assert run_pretrain_verb(argv) == 0
     config = read_config(exp / "checkpoints" / "last")
     assert config["objective"]["num_classes"] == 6
@@ -193,3 +202,45 @@ def test_stuck_warning_clears_above_chance_even_when_the_majority_label_dominate
     # majority 0.8: 1.5x would be 1.2 (unreachable); the bar is half-way to 1
     assert stuck_threshold(0.8) == pytest.approx(0.9) and stuck_threshold(0.2) == pytest.approx(0.3)
     assert model.check({"accuracy": 0.85, "chance": 0.8}, after) and not model.check({"accuracy": 0.95, "chance": 0.8}, after)
+
+
+def test_frame_labels_from_shards_are_the_manifests_for_each_item(tmp_path: Path, one_thread: None) -> None:
+    """Shards (their items shuffled) get each item's frame labels from the manifest folder by the item's manifest
+    line, whether the labels were made before or after the shards; the manifest-based dataset is the reference.
+    A manifest that is not the shards' source is refused, and hubert pretrains from shards."""
+    from speechcl.data.dataset import AudioDataset
+    from speechcl.data.manifest import read_manifest, write_manifest
+    from speechcl.data.shard_stream import ShardDataset
+    from speechcl.data.shards import write_shards
+    from tests.training.helpers import run_pretrain_verb
+
+    data, shards = tmp_path / "data", tmp_path / "shards"
+    _clustered(data, sizes=(20001, 24321, 17777, 30000, 19000, 22222))
+    for split in ("train", "valid"):
+        write_shards(data, split, shards, shard_size=2, jobs=1, seed=3)
+    conv = preset("tiny").conv_layers
+    settings = {"conv_layers": conv, "random_crop": False, "max_sample_size": 10**6}
+    reference = AudioDataset.from_files(data / "train.tsv", frame_label_path=data / "train.km", **settings)
+    streamed = ShardDataset.from_dir(shards, "train", frame_label_path=data / "train.km",
+                                     label_manifest=data / "train.tsv", **settings)
+    assert [streamed.index.keys[i] for i in range(6)] != [f"train{i}" for i in range(6)]  # shuffled in the shards
+    by_key = {reference.manifest.paths[i].split(".")[0]: reference[i]["frame_labels"] for i in range(6)}
+    for i in range(6):
+        item = streamed[i]
+        assert torch.equal(item["frame_labels"], by_key[streamed.index.keys[int(streamed.indices[i])]])
+
+    other = tmp_path / "other"  # the same files listed in another order: not the shards' manifest
+    other.mkdir()
+    manifest = read_manifest(data / "train.tsv")
+    manifest.paths.reverse()
+    manifest.sizes.reverse()
+    write_manifest(other / "train.tsv", manifest)
+    with pytest.raises(ValueError, match="the manifest the shards were written from"):
+        ShardDataset.from_dir(shards, "train", frame_label_path=data / "train.km", label_manifest=other / "train.tsv",
+                              **settings)
+
+    argv = [*_pretrain_argv(data, tmp_path / "exp"), "data.format=shards", f"data.shards_dir={shards}"]
+    assert run_pretrain_verb(argv) == 0
+    log = [json.loads(line) for line in (tmp_path / "exp" / "log.jsonl").read_text().splitlines()]
+    train = [line for line in log if line.get("split") == "train"]
+    assert train[-1]["step"] == 2 and train[-1]["masked_frames"] > 0
