@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pretraining objectives compared on one synthetic corpus: every method of `speechcl pretrain objective=...`
-# (and a randomly initialised encoder as the floor) trains the same preset for the same wall-clock budget,
+# (and a randomly initialised encoder as the floor) trains the same preset for the same budget of CPU time,
 # then each encoder is judged the same way: frozen probes per layer, invariance to transformations, CTC
 # fine-tuning on the same labeled minutes, and decoding with and without a word LM.
 #
@@ -12,10 +12,10 @@
 #   --setting tiny   what the default test runs: a few updates of the tiny preset (numbers are meaningless)
 #   --out DIR        experiment folder (default exp/objectives-<setting>)
 #   --methods "..."  a subset of: wav2vec2 wav2vec cpc simclr moco pirl byol data2vec hubert bestrq random
-#                    (default: all of them; random = the same preset, randomly initialised, not pretrained)
-#   --jobs J         methods (and corpora) processed side by side in stages 0-1 and 3-7 (default 1). Each
-#                    pretraining job runs on one thread, so keep J at most the number of cores: a budget in
-#                    wall-clock minutes is only fair while every job has a core of its own
+#                    (default: all of them, in this order, which is the order they are run in; random = the same
+#                    preset, randomly initialised, not pretrained)
+#   --jobs J         pieces run side by side (default 1). Each pretraining job runs on one thread and its budget
+#                    is CPU time (trainer.budget_clock=cpu), so sharing cores costs wall time, not updates
 #   --probes "..."   probe tasks (default: all four; tiny: phone)
 #
 # Stages (each leaves DIR/.done/<stage>-<name>[-<method or corpus>] and is skipped on a rerun; delete a marker
@@ -86,7 +86,8 @@ declare -A method_overrides=(
   [random]=""
 )
 
-# Settings. Pretraining budget: trainer.max_minutes is the same wall-clock budget for every method, counted over
+# Settings. Pretraining budget: trainer.max_minutes is the same budget of the training process's CPU time for every
+# method (trainer.budget_clock=cpu: one thread, so CPU minutes and wall minutes agree on an idle core), counted over
 # resumed parts; trainer.max_update caps it and sets the learning-rate schedule's length (linear decay to 0 at the
 # cap), the same for every method: about twice the updates the fastest method makes in the budget, so the budget
 # is what stops each run. Fine-tuning: the same updates for every method (finetune_cpu; a pretrained encoder at
@@ -109,7 +110,7 @@ case "$setting" in
     minutes=15; speakers=12; heldout=4; devtest=2; condition_minutes=1; lm_sentences=20000; labeled=10m
     kw_args="--speakers 12 --heldout-speakers 4 --per-word 20"
     preset=small
-    pt_budget="trainer.max_minutes=3 trainer.max_update=500"
+    pt_budget="trainer.max_minutes=3 trainer.budget_clock=cpu trainer.max_update=500"
     pt_extra="trainer.valid_interval=50 trainer.save_interval=50"
     cluster_args="--num-clusters 100"
     default_probes=$all_probes; probe_args="--epochs 10 --max-utterances 80"
@@ -122,7 +123,7 @@ case "$setting" in
     minutes=20; speakers=16; heldout=8; devtest=5; condition_minutes=5; lm_sentences=100000; labeled=10m
     kw_args=""
     preset=small
-    pt_budget="trainer.max_minutes=20 trainer.max_update=4000"
+    pt_budget="trainer.max_minutes=20 trainer.budget_clock=cpu trainer.max_update=4000"
     pt_extra="trainer.valid_interval=200 trainer.save_interval=100"
     cluster_args="--num-clusters 100"
     default_probes=$all_probes; probe_args=""
@@ -264,8 +265,10 @@ decode_one() {  # stage 7
 }
 
 # --- the pieces of stages 0-7 and what each waits for. A piece is named by its marker, STAGE-NAME[-ITEM]; it
-# starts once the pieces it needs are done (or outside --stage/--stop-stage), up to --jobs at a time, so one
-# method's probes may run while another still pretrains.
+# starts once the pieces it needs are done (or outside --stage/--stop-stage), up to --jobs at a time. The shared
+# pieces come first, then each method's in the order of --methods: a free job takes the first method's next
+# piece before the second method's pretraining, so an interrupted run has whole methods finished (one method's
+# probes still run while another pretrains).
 ids=()
 declare -A fn_of=() item_of=() stage_of=() deps_of=() state=()
 piece() {  # piece ID STAGE FUNCTION ITEM DEPENDENCY...
@@ -275,16 +278,14 @@ corpora="corpus"; has "$probes" keyword && corpora="corpus keywords"
 for c in $corpora; do piece "0-synth-$c" 0 synth_one "$c"; done
 for c in $corpora; do piece "1-prepare-$c" 1 prepare_one "$c" "0-synth-$c"; done
 has "$methods" hubert && piece 2-cluster 2 cluster_one "" 1-prepare-corpus
+piece 7-lm 7 lm_one "" 0-synth-corpus 1-prepare-corpus
 for m in $methods; do
   piece "3-pretrain-$m" 3 pretrain_one "$m" 1-prepare-corpus "$([ "$m" = hubert ] && echo 2-cluster)"
-done
-for m in $methods; do
   piece "4-probes-$m" 4 probe_one "$m" "3-pretrain-$m" "$(has "$probes" keyword && echo 1-prepare-keywords)"
+  piece "5-invariance-$m" 5 invariance_one "$m" "3-pretrain-$m"
+  piece "6-finetune-$m" 6 finetune_one "$m" "3-pretrain-$m"
+  piece "7-decode-$m" 7 decode_one "$m" "6-finetune-$m" 7-lm
 done
-for m in $methods; do piece "5-invariance-$m" 5 invariance_one "$m" "3-pretrain-$m"; done
-for m in $methods; do piece "6-finetune-$m" 6 finetune_one "$m" "3-pretrain-$m"; done
-piece 7-lm 7 lm_one "" 0-synth-corpus 1-prepare-corpus
-for m in $methods; do piece "7-decode-$m" 7 decode_one "$m" "6-finetune-$m" 7-lm; done
 
 running=()  # process ids of the running pieces
 descendants() { local child; for child in $(pgrep -P "$1" 2>/dev/null); do descendants "$child"; echo "$child"; done; }
@@ -318,7 +319,7 @@ run_pieces() {  # run every selected piece not done yet; fail at the end, naming
       if [ "$rc" -eq 0 ]; then state[$id]=done; else state[$id]=failed; echo "stage ${stage_of[$id]} ($id): FAILED" >&2; fi
     done
     left=0
-    for id in "${ids[@]}"; do  # start what can start, in stage order
+    for id in "${ids[@]}"; do  # start what can start, in the order of ids
       [ "${state[$id]}" = pending ] || continue
       ready=true
       for dep in ${deps_of[$id]}; do

@@ -5,7 +5,8 @@ piece written by one verb; every piece is optional here (a stage not run yet sho
 a note saying what is missing), but a piece that exists and cannot be read is an error naming its file:
 
 - ``pretrain/`` (``speechcl pretrain``): ``train_result.json`` (``num_updates``, ``train_seconds``: the wall time
-  over every resumed part), ``config.yaml`` (``trainer.threads``: CPU minutes = wall minutes x threads) and
+  over every resumed part, ``train_cpu_seconds``: the CPU time, where written), ``config.yaml`` (``trainer.threads``:
+  without a measured CPU time, CPU minutes = wall minutes x threads) and
   ``log.jsonl`` (the curves, read with :func:`speechcl.training.curves.read_log`, and the audio seen);
 - ``probes/<task>/results.json`` (``speechcl probe``): the score per hidden state and of the weighted sum;
 - ``invariance/results.json`` (``speechcl analyze invariance``): frame-aligned cosine of ``h(x)`` and
@@ -63,6 +64,8 @@ class Pretraining:
         audio_seconds: audio seen in training (``None`` when the log does not tell).
         audio_exact: whether ``audio_seconds`` was logged (else it is estimated; module docstring).
         curves: :func:`read_log` of the folder (``{}`` without ``log.jsonl``).
+        cpu_seconds: its ``train_cpu_seconds`` (the training process's CPU time, measured; ``None`` in results
+            of speechcl versions that did not write it).
     """
 
     updates: int
@@ -71,9 +74,13 @@ class Pretraining:
     audio_seconds: float | None
     audio_exact: bool
     curves: Curves = field(default_factory=dict)
+    cpu_seconds: float | None = None
 
     @property
     def cpu_minutes(self) -> float | None:
+        """Measured CPU minutes, else wall minutes x threads (``None`` when neither is known)."""
+        if self.cpu_seconds is not None:
+            return self.cpu_seconds / 60.0
         return self.wall_seconds / 60.0 * self.threads if self.threads else None
 
 
@@ -193,7 +200,12 @@ def _pretraining(folder: Path, notes: list[str], method: str) -> Pretraining | N
         curves = {}
         notes.append(f"{method}: no pretrain/log.jsonl (no curves, audio seen unknown)")
     audio, exact = audio_seen(curves, int(updates), seconds)
-    return Pretraining(int(updates), seconds, _threads(folder / "config.yaml"), audio, exact, curves)
+    cpu = None
+    if "train_cpu_seconds" in result:
+        cpu = _number(result["train_cpu_seconds"], path, "train_cpu_seconds")
+        if cpu < 0:
+            raise ValueError(f"{path}: train_cpu_seconds {cpu!r} should be >= 0")
+    return Pretraining(int(updates), seconds, _threads(folder / "config.yaml"), audio, exact, curves, cpu)
 
 
 def _probe(path: Path) -> dict[str, Any] | None:
@@ -375,7 +387,8 @@ def markdown(results: Sequence[MethodResults], dev_split: str = "dev-clean", tes
                   _score(r.decode, test_split, "wer"), _score(r.decode_lm, test_split, "wer")]
         lines.append("| " + " | ".join(cells) + " |")
 
-    lines += ["", "Pretraining budget: wall time over every resumed part (CPU min = wall min x trainer.threads), "
+    lines += ["", "Pretraining budget: wall time over every resumed part, CPU time of the training process (measured; "
+              "for older results, wall min x trainer.threads), "
               "updates, and hours of audio the updates read (≈: estimated from the logged audio rate, see "
               "speechcl/analysis/compare.py). Probes: the test score of the best single hidden state (its index "
               "in brackets; 0 = input to the first transformer layer) and of the learned weighted sum of all "

@@ -20,7 +20,7 @@ from typing import Any
 from speechcl.utils.io import atomic_write_text
 
 HISTORY = "config_history"
-STOPPING_KEYS = frozenset({"trainer.max_minutes", "trainer.max_epoch"})
+STOPPING_KEYS = frozenset({"trainer.max_minutes", "trainer.budget_clock", "trainer.max_epoch"})
 """Where a run stops, and nothing else: a resume may change them freely (``max_update`` also sets the
 learning-rate schedule, so it is not one of them)."""
 

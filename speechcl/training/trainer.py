@@ -79,14 +79,17 @@ class OptimConfig:
 class TrainerConfig:
     """Loop settings. ``max_update`` bounds the run; ``max_epoch`` and ``max_minutes`` (0 = unbounded) too.
 
-    ``max_minutes`` is a budget of training wall time, counted over every resumed part of the run (validation
-    included): the run ends after the update during which it ran out, on every rank at the same update. The
-    learning-rate schedule still spans ``max_update``, so set both when comparing runs by time.
+    ``max_minutes`` is a time budget, counted over every resumed part of the run (validation included): the run
+    ends after the update during which it ran out, on every rank at the same update. The learning-rate schedule
+    still spans ``max_update``, so set both when comparing runs by time. ``budget_clock`` says which time:
+    ``wall`` (elapsed), or ``cpu``, the CPU time of the training process, all its threads together (data-loader
+    workers are other processes and not counted), which stays a fair budget when jobs share cores.
     """
 
     max_update: int = 400_000
     max_epoch: int = 0
     max_minutes: float = 0.0
+    budget_clock: Literal["wall", "cpu"] = "wall"
     update_freq: int = 1  # gradient accumulation (micro-batches per update and rank)
     seed: int = 1
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where the hardware has it
@@ -366,7 +369,7 @@ def train(
                 _save(run, progress)  # stopped by max_epoch: the last updates are not saved yet
     result = {"num_updates": progress.num_updates, "epoch": progress.epoch,
               "nonfinite_skipped": progress.nonfinite_skipped, "valid": last_valid,
-              "train_seconds": progress.seconds(), "best": progress.best}
+              "train_seconds": progress.seconds(), "train_cpu_seconds": progress.cpu_seconds(), "best": progress.best}
     if run.info.is_main:
         atomic_write_text(run.exp_dir / "train_result.json", json.dumps(_plain(result), indent=2) + "\n")
     return result
@@ -382,16 +385,28 @@ class Progress:
     nonfinite_skipped: int = 0
     consecutive_nonfinite: int = 0
     previous_seconds: float = 0.0  # training wall time of earlier (interrupted) runs
+    previous_cpu_seconds: float = 0.0  # and their CPU time (the training process, every thread)
     bad_items: dict[str, str] = field(default_factory=dict)  # training files that could not be read -> why
     started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
     out_of_time: bool = False  # max_minutes was reached (agreed across ranks; not saved: derived on resume)
 
     def seconds(self) -> float:
         return self.previous_seconds + time.perf_counter() - self.started
 
+    def cpu_seconds(self) -> float:
+        return self.previous_cpu_seconds + time.process_time() - self.cpu_started
 
-def _over_budget(seconds: float, cfg: TrainerConfig) -> bool:
-    return cfg.max_minutes > 0 and seconds >= cfg.max_minutes * 60.0
+
+def _over_budget(progress: Progress, cfg: TrainerConfig, *, now: bool = True) -> bool:
+    """Whether ``cfg.max_minutes`` of ``cfg.budget_clock`` time are spent (``now=False``: by the earlier parts)."""
+    if cfg.max_minutes <= 0:
+        return False
+    if cfg.budget_clock == "cpu":
+        seconds = progress.cpu_seconds() if now else progress.previous_cpu_seconds
+    else:
+        seconds = progress.seconds() if now else progress.previous_seconds
+    return seconds >= cfg.max_minutes * 60.0
 
 
 @dataclass
@@ -471,6 +486,8 @@ def _setup(model: nn.Module, task: Task, train_loader: ResumableLoader, valid_lo
         raise ValueError(f"trainer.update_freq must be >= 1, got {cfg.update_freq}")
     if cfg.strategy not in ("ddp", "fsdp"):
         raise ValueError(f"trainer.strategy must be ddp or fsdp, got {cfg.strategy!r}")
+    if cfg.budget_clock not in ("wall", "cpu"):
+        raise ValueError(f"trainer.budget_clock must be wall or cpu, got {cfg.budget_clock!r}")
     sharded = cfg.strategy == "fsdp" and info.enabled
     if sharded and precision == "fp16":
         raise ValueError("trainer.strategy=fsdp trains in fp32 or bf16 (fp16's loss scaling is not sharded here): "
@@ -514,8 +531,9 @@ def _resume(run: _Run) -> Progress:
         progress = Progress(num_updates=int(state["num_updates"]), best=float(state["best"]),
                             nonfinite_skipped=int(state["nonfinite_skipped"]),
                             previous_seconds=float(state.get("train_seconds", 0.0)),
+                            previous_cpu_seconds=float(state.get("train_cpu_seconds", 0.0)),
                             bad_items=dict(state.get("bad_items", {})))
-        progress.out_of_time = _over_budget(progress.previous_seconds, run.cfg)  # the same on every rank
+        progress.out_of_time = _over_budget(progress, run.cfg, now=False)  # the same on every rank
         # continue the epoch the sampler was in (state["epoch"] is already past it when a run ended by
         # max_epoch), or the next one when it was saved on that epoch's last batch
         loader_state = run.train_loader.state_dict()
@@ -595,7 +613,7 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
         _merge(stats, out.stats)
         _merge(stats, {"audio_seconds": audio_seconds})
     new_bad = [(path, reason) for _, path, reason in bad if path not in progress.bad_items]
-    out_of_time = _over_budget(progress.seconds(), run.cfg)
+    out_of_time = _over_budget(progress, run.cfg)
     totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum), float(len(new_bad)), float(stop),
                                           float(out_of_time)], dtype=torch.float64, device=device), info)
     if totals[2] > 0:
@@ -739,6 +757,7 @@ def _save(run: _Run, progress: Progress, keep: bool = False) -> None:
         state = {
             "num_updates": progress.num_updates, "epoch": progress.epoch, "best": progress.best,
             "nonfinite_skipped": progress.nonfinite_skipped, "train_seconds": progress.seconds(),
+            "train_cpu_seconds": progress.cpu_seconds(),
             "optimizer": None if run.sharded else run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "loader": run.train_loader.state_dict(), "rng": rng_state(),
             "task": run.task.state_dict(), "bad_items": dict(progress.bad_items),

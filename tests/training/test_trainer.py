@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from tests.training.helpers import (
 
 class Recorder:
     """Wraps a task: records the item ids of every micro-batch; raises after ``crash_after`` forwards;
-    optionally replaces the validation score by a fixed sequence."""
+    optionally replaces the validation score by a fixed sequence, and waits ``sleep`` seconds (idle, no CPU)
+    in every training forward."""
 
-    def __init__(self, task: object, crash_after: int | None = None, scores: list[float] | None = None) -> None:
-        self.task, self.crash_after, self.scores = task, crash_after, scores
+    def __init__(self, task: object, crash_after: int | None = None, scores: list[float] | None = None,
+                 sleep: float = 0.0) -> None:
+        self.task, self.crash_after, self.scores, self.sleep = task, crash_after, scores, sleep
         self.ids: list[list[int]] = []
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> TaskOutput:
@@ -33,6 +36,7 @@ class Recorder:
             if self.crash_after is not None and len(self.ids) >= self.crash_after:
                 raise RuntimeError("simulated crash")
             self.ids.append(batch["id"].tolist())
+            time.sleep(self.sleep)
         return self.task.forward(model, batch, generator)
 
     def valid_score(self, summary: dict[str, float]) -> float:
@@ -43,9 +47,9 @@ class Recorder:
 
 
 def _run(manifest_dir: Path, exp_dir: Path, seed: int = 1, **kwargs: object) -> tuple[dict, Recorder]:
-    crash_after = kwargs.pop("crash_after", None)
+    crash_after, sleep = kwargs.pop("crash_after", None), float(kwargs.pop("sleep", 0.0))  # type: ignore[arg-type]
     model, task, train_loader, _ = tiny_pieces(manifest_dir, seed=seed, valid=False)
-    recorder = Recorder(task, crash_after=crash_after)  # type: ignore[arg-type]
+    recorder = Recorder(task, crash_after=crash_after, sleep=sleep)  # type: ignore[arg-type]
     trainer, optim, schedule = tiny_configs(**kwargs)
     return train(model, recorder, train_loader, None, exp_dir, trainer, optim, schedule), recorder
 
@@ -293,3 +297,21 @@ def test_time_budget_ends_the_run_and_a_larger_budget_resumes_it_exactly(
     diff = max_abs_diff(read_weights(tmp_path / "checkpoints" / "last"),
                         read_weights(ref_exp / "checkpoints" / "last"))
     assert diff == 0.0, f"max abs difference {diff:.3g}"
+
+
+def test_a_cpu_time_budget_ignores_waiting_and_is_counted_over_resumed_parts(manifest_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    # every update idles 0.5 s: a 2-second wall budget runs out within 4 updates; 2 s of CPU time is more than
+    # 6 tiny updates use, so the same budget on the CPU clock lets the run reach max_update
+    wall, _ = _run(manifest_dir, tmp_path / "wall", max_update=6, max_minutes=2 / 60, sleep=0.5)
+    assert wall["num_updates"] <= 4
+    cpu, _ = _run(manifest_dir, tmp_path / "cpu", max_update=6, max_minutes=2 / 60, budget_clock="cpu", sleep=0.5)
+    assert cpu["num_updates"] == 6
+    assert 0 < cpu["train_cpu_seconds"] < cpu["train_seconds"] - 2.5
+    # a spent CPU budget stays spent on a rerun: the CPU time of the earlier part is saved and restored
+    exp = tmp_path / "spent"
+    first, _ = _run(manifest_dir, exp, max_update=6, max_minutes=1e-9, budget_clock="cpu")
+    assert first["num_updates"] == 1
+    assert read_state(exp / "checkpoints" / "last")["train_cpu_seconds"] > 0
+    again, rerun = _run(manifest_dir, exp, max_update=6, max_minutes=1e-9, budget_clock="cpu")
+    assert again["num_updates"] == 1 and rerun.ids == []
