@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # The CPU demo: does wav2vec 2.0 pretraining help a speech recognizer with few labels?
 #
-# Usage: recipes/synthetic/run.sh [--setting quick|full|tiny] [--out DIR] [--stage N] [--stop-stage N]
+# Usage: recipes/synthetic/run.sh [--setting quick|full|tiny] [--objective wav2vec2|hubert] [--out DIR]
+#                                  [--stage N] [--stop-stage N]
 #
 #   --setting quick  (default) about 12 min on 2 CPU cores (plus the install); the README's `make demo`
 #   --setting full   about 2 h on 2 CPU cores; more audio, longer pretraining and fine-tuning, LM decoding
 #   --setting tiny   a couple of minutes; what the end-to-end test runs (numbers are meaningless)
-#   --out DIR        experiment folder (default exp/synthetic-<setting>)
+#   --objective O    the pretraining method (default wav2vec2): hubert pretrains by masked prediction of MFCC
+#                    k-means labels instead (recipes/objectives/: the other method whose fine-tuned CER beat
+#                    random init there), on the same corpus, updates and fine-tuning
+#   --out DIR        experiment folder (default exp/synthetic-<setting>, exp/synthetic-<setting>-hubert)
 #
 # Stages (each leaves DIR/.done/<stage> and is skipped on a rerun; delete the marker to redo it):
 #   0  synthesize a corpus: unlabeled training speech from many espeak-ng voices; dev/test by unseen voices;
 #      and text-only LM sentences (corpus/lm-text.txt, LibriSpeech's LM corpus: no dev/test sentence in it)
 #   1  prepare manifests, letter labels and a seeded labeled subset of the training split
-#   2  pretrain the `small` preset on all training audio (labels unused)
+#   2  pretrain the `small` preset on all training audio (labels unused); hubert first clusters MFCC frames of
+#      the training and dev audio (DIR/data/<split>.km, km.json), its targets
 #   3  fine-tune with CTC on the labeled subset, two systems side by side (one process each, half the
 #      CPUs each): the pretrained encoder, and the same architecture from random initialisation (baseline)
 #   4  decode dev and test with both systems: greedy (-> decode/); tiny and full also beam search with a
@@ -23,6 +28,7 @@
 set -euo pipefail
 
 setting=quick
+objective=wav2vec2
 out=""
 stage=0
 stop_stage=100
@@ -31,10 +37,11 @@ speechcl=${SPEECHCL:-speechcl}
 while [ $# -gt 0 ]; do
   case "$1" in
     --setting) setting=$2; shift 2 ;;
+    --objective) objective=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -74,7 +81,18 @@ case "$setting" in
   full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=12000; ft_updates=1200; ft_freeze=0; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200"; lm_sentences=100000; lm_weights="0.5 1 1.5 2 3 4"; word_scores="-2 -1 0 1 2 3" ;;
   *) echo "unknown setting $setting (quick, full or tiny)" >&2; exit 2 ;;
 esac
-out=${out:-exp/synthetic-$setting}
+# The objective: hubert takes the settings recipes/objectives/ runs it with (its README's "Pretraining
+# objectives" runs: lr 1e-3, half weight on unmasked frames, no feature penalty) and 100 MFCC k-means targets;
+# everything else (corpus, updates, fine-tuning, decoding) is the same as for wav2vec 2.0.
+cluster_args="--num-clusters 100"
+[ "$setting" = tiny ] && cluster_args="--num-clusters 8 --n-init 1 --max-iter 10"
+case "$objective" in
+  wav2vec2) objective_args=""; objective_name="wav2vec 2.0"; suffix="" ;;
+  hubert) objective_args="objective=hubert optim.lr=0.001 objective.unmasked_weight=0.5 objective.feature_pen_weight=0"
+    objective_name="HuBERT"; suffix="-hubert" ;;
+  *) echo "unknown objective $objective (wav2vec2 or hubert)" >&2; exit 2 ;;
+esac
+out=${out:-exp/synthetic-$setting$suffix}
 corpus=$out/corpus
 data=$out/data
 mkdir -p "$out/.done"
@@ -100,9 +118,13 @@ if run_stage 1 prepare; then
 fi
 
 if run_stage 2 pretrain; then
+  if [ "$objective" = hubert ] && [ ! -e "$data/km.json" ]; then
+    # shellcheck disable=SC2086
+    $speechcl cluster "$data" --splits train-clean-100 dev-clean --features mfcc --ext km --no-progress $cluster_args
+  fi
   # shellcheck disable=SC2086
   $speechcl pretrain --config-name pretrain_cpu data.manifest_dir="$data" data.train_subset=train-clean-100 \
-    data.valid_subset=dev-clean exp_dir="$out/pretrain" trainer.max_update="$pt_updates" $extra_pt
+    data.valid_subset=dev-clean exp_dir="$out/pretrain" trainer.max_update="$pt_updates" $objective_args $extra_pt
   done_stage 2 pretrain
 fi
 
@@ -163,8 +185,8 @@ if run_stage 5 report; then
       --decode-dir decode_lm --output "$out/results_lm.md"
     echo "(beam $beam with a 4-gram word LM, its weights chosen on dev-clean; written to $out/results_lm.md)"
   fi
-  $speechcl curves "$out/pretrain" --names "wav2vec 2.0 pretraining" --metric valid:loss valid:accuracy \
-    --title "pretraining on unlabeled audio: dev contrastive loss and accuracy" --output "$out/pretraining.png"
+  $speechcl curves "$out/pretrain" --names "$objective_name pretraining" --metric valid:loss valid:accuracy \
+    --title "$objective_name pretraining on unlabeled audio: dev loss and accuracy" --output "$out/pretraining.png"
   $speechcl curves "$out/finetune-pretrained" "$out/finetune-scratch" --names pretrained scratch \
     --metric valid:cer --title "CTC fine-tuning on $labeled of labels: dev CER" --output "$out/finetuning.png"
   done_stage 5 report

@@ -154,3 +154,29 @@ def test_synthetic_recipe_tiny(tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
     assert again.stdout.count("done already") == 6
+
+
+@pytest.mark.slow
+def test_synthetic_recipe_hubert_objective(tmp_path):
+    """``--objective hubert`` clusters MFCC frames before pretraining and pretrains with HuBERT on those
+    labels, with the settings the recipe names, into its own default folder (wav2vec 2.0's stays free)."""
+    env = dict(os.environ, SPEECHCL=f"{sys.executable} -m speechcl", OMP_NUM_THREADS="2")
+    cmd = ["bash", str(ROOT / "recipes/synthetic/run.sh"), "--setting", "tiny", "--objective", "hubert",
+           "--stop-stage", "2"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "exp" / "synthetic-tiny-hubert"
+    assert not (tmp_path / "exp" / "synthetic-tiny").exists()
+    km = json.loads((out / "data" / "km.json").read_text())
+    assert km["num_clusters"] == 8 and km["features"] == "mfcc"
+    for split in SPLITS[:1] + ("train-clean-100",):
+        labels = lines(out / "data" / f"{split}.km")
+        assert len(labels) == manifest_seconds(out / "data" / f"{split}.tsv")[0]
+    config = (out / "pretrain" / "config.yaml").read_text()
+    assert "name: hubert" in config and "unmasked_weight: 0.5" in config and "lr: 0.001" in config
+    train_steps = [e for e in read_log(out / "pretrain" / "log.jsonl") if e["split"] == "train"]
+    assert train_steps[-1]["step"] == 4 and train_steps[-1]["chance_uniform"] == pytest.approx(1 / 8)
+    assert all(math.isfinite(e["masked_loss"]) for e in train_steps)
+    bad = subprocess.run(cmd[:-2] + ["--objective", "data2vec"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown objective data2vec" in bad.stderr
