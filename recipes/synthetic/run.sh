@@ -4,7 +4,9 @@
 # Usage: recipes/synthetic/run.sh [--setting quick|full|tiny] [--objective wav2vec2|hubert] [--out DIR]
 #                                  [--stage N] [--stop-stage N]
 #
-#   --setting quick  (default) about 12 min on 2 CPU cores (plus the install); the README's `make demo`
+#   --setting quick  (default) about 12 min on 2 CPU cores (plus the install); the README's `make demo`. Its
+#                    pretraining and fine-tuning run for fixed minutes (the learning-rate schedules span them), so
+#                    a slower CPU makes fewer updates instead of taking longer
 #   --setting full   about 2 h on 2 CPU cores; more audio, longer pretraining and fine-tuning, LM decoding
 #   --setting tiny   a couple of minutes; what the end-to-end test runs (numbers are meaningless)
 #   --objective O    the pretraining method (default wav2vec2): hubert pretrains by masked prediction of MFCC
@@ -75,9 +77,19 @@ word_scores="-1 0 1"
 # test WER near 97%; those minutes go to fine-tuning instead. tiny keeps it so that the test covers it.
 use_lm=1
 examples=4   # test utterances printed beside the table, reference and both hypotheses
+# quick's time budgets (wall minutes; the updates are caps a fast CPU may reach). With fixed updates (500 and 250)
+# the demo took 11.6-12.9 min in all on 2 cores with bf16 (fine-tuning in bf16), and about 16.8 min on 2 AVX2-only
+# cores (fp32 throughout: pretraining 7.5 min, fine-tuning 5.0), over its 15. The budgets are what the first
+# machine spent on those updates; the schedules span them (trainer.schedule_span=budget), so a slower machine makes
+# fewer updates with the same warmup, hold and decay shares.
+pt_minutes=5.5
+ft_minutes=4.0
 case "$setting" in
   tiny)  minutes=2;  speakers=8;  heldout=2; devtest=0.5; labeled=1m;  pt_updates=4;   ft_updates=4;   ft_freeze=2;   extra_pt="model=tiny data.max_sample_size=32000 data.max_tokens=128000 trainer.valid_interval=2 trainer.save_interval=2"; extra_ft="model.preset=tiny data.max_tokens=160000 trainer.valid_interval=2 trainer.save_interval=2"; lm_sentences=500; beam=50; lm_weights="1 2"; word_scores="0"; examples=2 ;;
-  quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=500; ft_updates=250; ft_freeze=0;   extra_pt="trainer.precision=fp32"; extra_ft="trainer.precision=auto trainer.valid_interval=50"; use_lm=0; ft_lr_pretrained=0.001; ft_phases="[0.1,0.7,0.2]" ;;
+  quick) minutes=30; speakers=40; heldout=6; devtest=3;   labeled=10m; pt_updates=600; ft_updates=400; ft_freeze=0
+         extra_pt="trainer.precision=fp32 trainer.max_minutes=$pt_minutes trainer.schedule_span=budget"
+         extra_ft="trainer.precision=auto trainer.valid_interval=50 trainer.max_minutes=$ft_minutes trainer.schedule_span=budget"
+         use_lm=0; ft_lr_pretrained=0.001; ft_phases="[0.1,0.7,0.2]" ;;
   full)  minutes=150; speakers=80; heldout=8; devtest=5;  labeled=10m; pt_updates=12000; ft_updates=1200; ft_freeze=0; extra_pt="trainer.valid_interval=400 trainer.save_interval=200"; extra_ft="trainer.valid_interval=200"; lm_sentences=100000; lm_weights="0.5 1 1.5 2 3 4"; word_scores="-2 -1 0 1 2 3" ;;
   *) echo "unknown setting $setting (quick, full or tiny)" >&2; exit 2 ;;
 esac
@@ -179,6 +191,9 @@ fi
 if run_stage 5 report; then
   $speechcl report "$out/finetune-pretrained" "$out/finetune-scratch" --names pretrained scratch \
     --examples "$examples" --examples-split test-clean --output "$out/results.md"
+  updates_of() { sed -n 's/.*"num_updates": \([0-9]*\).*/\1/p' "$1/train_result.json" | head -n 1; }
+  made="updates: pretraining $(updates_of "$out/pretrain"), fine-tuning $(updates_of "$out/finetune-pretrained") (pretrained) and $(updates_of "$out/finetune-scratch") (scratch)"
+  echo "$made" && printf '\n%s\n' "$made" >> "$out/results.md"
   echo "(greedy decoding, no LM; WER/CER in %; unseen speakers; written to $out/results.md)"
   if [ "$use_lm" -eq 1 ]; then
     $speechcl report "$out/finetune-pretrained" "$out/finetune-scratch" --names pretrained scratch \

@@ -80,16 +80,24 @@ class TrainerConfig:
     """Loop settings. ``max_update`` bounds the run; ``max_epoch`` and ``max_minutes`` (0 = unbounded) too.
 
     ``max_minutes`` is a time budget, counted over every resumed part of the run (validation included): the run
-    ends after the update during which it ran out, on every rank at the same update. The learning-rate schedule
-    still spans ``max_update``, so set both when comparing runs by time. ``budget_clock`` says which time:
-    ``wall`` (elapsed), or ``cpu``, the CPU time of the training process, all its threads together (data-loader
-    workers are other processes and not counted), which stays a fair budget when jobs share cores.
+    ends after the update during which it ran out, on every rank at the same update. ``budget_clock`` says which
+    time: ``wall`` (elapsed), or ``cpu``, the CPU time of the training process, all its threads together
+    (data-loader workers are other processes and not counted), which stays a fair budget when jobs share cores.
+
+    ``schedule_span`` says what the learning-rate schedule spans: ``updates`` (``max_update``; a run cut short by
+    the budget stops part-way through it), or ``budget``, for a run that should fill a time budget on whatever
+    machine it meets: each update's position in the schedule is the larger of the updates done and the budget's
+    spent share times ``max_update`` (the ranks' mean share), so warmup, hold and decay take the same shares of
+    the time on a slow machine as on a fast one, and the schedule is complete when the budget is spent.
+    ``max_update`` then caps the updates on a fast machine. The learning rate depends on the clock, so such a run
+    does not repeat exactly.
     """
 
     max_update: int = 400_000
     max_epoch: int = 0
     max_minutes: float = 0.0
     budget_clock: Literal["wall", "cpu"] = "wall"
+    schedule_span: Literal["updates", "budget"] = "updates"
     update_freq: int = 1  # gradient accumulation (micro-batches per update and rank)
     seed: int = 1
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where the hardware has it
@@ -340,7 +348,8 @@ def train(
                 progress.out_of_time = step.out_of_time
                 if step.updated:  # (a non-finite update changed nothing: nothing to log, validate or save)
                     progress.num_updates += 1
-                    lr = run.scheduler.step()
+                    lr = run.scheduler.step(step.budget_share * cfg.max_update
+                                            if cfg.schedule_span == "budget" else None)
                     task.after_update(model, progress.num_updates)
                     run.logger.progress(progress.num_updates)
                     window.add(_reduce_stats(step.stats, run.info, run.device), step.grad_norm)
@@ -409,6 +418,14 @@ def _over_budget(progress: Progress, cfg: TrainerConfig, *, now: bool = True) ->
     return seconds >= cfg.max_minutes * 60.0
 
 
+def _budget_share(progress: Progress, cfg: TrainerConfig) -> float:
+    """The share of ``cfg.max_minutes`` spent so far on ``cfg.budget_clock`` (0 without a budget), at most 1."""
+    if cfg.max_minutes <= 0:
+        return 0.0
+    seconds = progress.cpu_seconds() if cfg.budget_clock == "cpu" else progress.seconds()
+    return min(seconds / (cfg.max_minutes * 60.0), 1.0)
+
+
 @dataclass
 class _Run:
     """The pieces the loop's steps share (built once by :func:`_setup`)."""
@@ -444,6 +461,7 @@ class _Step:
     grad_norm: float
     stop: bool
     out_of_time: bool = False  # the time budget ran out on some rank (every rank gets the same answer)
+    budget_share: float = 0.0  # the ranks' mean share of the time budget spent (the same on every rank)
 
 
 class _Window:
@@ -488,6 +506,12 @@ def _setup(model: nn.Module, task: Task, train_loader: ResumableLoader, valid_lo
         raise ValueError(f"trainer.strategy must be ddp or fsdp, got {cfg.strategy!r}")
     if cfg.budget_clock not in ("wall", "cpu"):
         raise ValueError(f"trainer.budget_clock must be wall or cpu, got {cfg.budget_clock!r}")
+    if cfg.schedule_span not in ("updates", "budget"):
+        raise ValueError(f"trainer.schedule_span must be updates or budget, got {cfg.schedule_span!r}")
+    if cfg.schedule_span == "budget" and cfg.max_minutes <= 0:
+        raise ValueError("trainer.schedule_span=budget spans the learning-rate schedule over the time budget, but "
+                         f"trainer.max_minutes is {cfg.max_minutes}: set trainer.max_minutes (> 0), or use "
+                         "trainer.schedule_span=updates")
     sharded = cfg.strategy == "fsdp" and info.enabled
     if sharded and precision == "fp16":
         raise ValueError("trainer.strategy=fsdp trains in fp32 or bf16 (fp16's loss scaling is not sharded here): "
@@ -615,7 +639,8 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
     new_bad = [(path, reason) for _, path, reason in bad if path not in progress.bad_items]
     out_of_time = _over_budget(progress, run.cfg)
     totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum), float(len(new_bad)), float(stop),
-                                          float(out_of_time)], dtype=torch.float64, device=device), info)
+                                          float(out_of_time), _budget_share(progress, run.cfg)],
+                                         dtype=torch.float64, device=device), info)
     if totals[2] > 0:
         _record_bad_items(run, progress, all_gather_objects(new_bad, info))
     grad_norm = _normalise_and_clip(run, total_size=float(totals[0]))
@@ -632,7 +657,7 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
     if not finite:
         run.scheduler.apply()
     return _Step(updated=finite, stats=stats, grad_norm=grad_norm, stop=bool(totals[3] > 0),
-                 out_of_time=bool(totals[4] > 0))
+                 out_of_time=bool(totals[4] > 0), budget_share=float(totals[5]) / info.world_size)
 
 
 def _stand_in(run: _Run, position: int) -> dict[str, Any]:

@@ -99,6 +99,8 @@ def check_examples(out: Path, stdout: str) -> None:
             assert any(line.startswith(f"{name} (CER") and line.rstrip().endswith(hyp[i].strip())
                        for line in stdout.splitlines()), (name, hyp[i])
     assert (out / "results.md").read_text().count("REF: ") == 2
+    made = "updates: pretraining 4, fine-tuning 4 (pretrained) and 4 (scratch)"  # what each run made
+    assert made in stdout and made in (out / "results.md").read_text()
 
 
 def read_log(path: Path) -> list[dict]:
