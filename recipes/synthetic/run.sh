@@ -4,7 +4,7 @@
 # Usage: recipes/synthetic/run.sh [--setting quick|full|tiny] [--objective wav2vec2|hubert] [--out DIR]
 #                                  [--stage N] [--stop-stage N]
 #
-#   --setting quick  (default) about 12 min on 2 CPU cores (plus the install); the README's `make demo`. Its
+#   --setting quick  (default) about 11 min on 2 CPU cores (plus the install); the README's `make demo`. Its
 #                    pretraining and fine-tuning run for fixed minutes (the learning-rate schedules span them), so
 #                    a slower CPU makes fewer updates instead of taking longer
 #   --setting full   about 2 h on 2 CPU cores; more audio, longer pretraining and fine-tuning, LM decoding

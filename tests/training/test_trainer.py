@@ -319,21 +319,21 @@ def test_a_cpu_time_budget_ignores_waiting_and_is_counted_over_resumed_parts(man
 
 def test_a_schedule_spanning_the_budget_is_complete_when_the_budget_is_spent(manifest_dir: Path,
                                                                            tmp_path: Path) -> None:
-    # every update idles 0.3 s and the budget is 2.4 s, so the budget ends the run after about 8 of the 100
+    # every update idles 0.3 s and the budget is 3.6 s, so the budget ends the run after at most 12 of the 100
     # updates max_update allows; over the budget the linear decay reaches 0 at the last update, over the
     # updates it would still be near the peak
-    kwargs: dict[str, object] = dict(max_update=100, max_minutes=2.4 / 60, sleep=0.3)
+    kwargs: dict[str, object] = dict(max_update=100, max_minutes=3.6 / 60, sleep=0.3)
     spanned, _ = _run(manifest_dir, tmp_path / "budget", schedule_span="budget", **kwargs)
-    assert 4 <= spanned["num_updates"] <= 9
+    assert 3 <= spanned["num_updates"] <= 12
     lrs = [row["lr"] for row in read_log(tmp_path / "budget") if "lr" in row]
     assert lrs[-1] == 0.0
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decaying after the 2-update warmup
-    assert lrs[2] < 1e-3 * (1 - 1 / 98) * 0.9  # ahead of the update count: ~0.3 s of 2.4 is 12 of 100 updates
+    assert lrs[2] < 0.8e-3  # ahead of the update count: 3 updates idle 0.9 s of 3.6, a quarter of 100 updates
     state = read_state(tmp_path / "budget" / "checkpoints" / "last")
     assert state["scheduler"]["position"] == 100.0
     by_updates, _ = _run(manifest_dir, tmp_path / "updates", **kwargs)
-    assert by_updates["num_updates"] <= 9
-    assert [row["lr"] for row in read_log(tmp_path / "updates") if "lr" in row][-1] > 0.9e-3
+    assert by_updates["num_updates"] <= 12
+    assert [row["lr"] for row in read_log(tmp_path / "updates") if "lr" in row][-1] > 0.85e-3
 
 
 def test_schedule_span_budget_needs_a_budget(manifest_dir: Path, tmp_path: Path) -> None:
