@@ -53,7 +53,8 @@ done
 # 4.89 bits) but a pretrained recognizer stuck near the blank plateau after 250 fine-tuning updates (test
 # CER 89.7% vs 67.0%); full pretrains in bf16 where the CPU has it (trainer.precision=auto).
 # quick fine-tunes in bf16 where the CPU has it (auto): on one thread each, side by side, bf16 ran 28% more
-# audio per second than fp32. 250 updates keep the demo within its 15 minutes: at 300 and 500 updates the
+# audio per second than fp32. With fixed updates, 250 kept the demo within its 15 minutes on such a CPU (now it
+# runs for minutes, below): at 300 and 500 updates the
 # scratch baseline stays level with the pretrained system or ahead of it (dev CER 58.5 vs 61.1 at 300,
 # 53.4 vs 55.1 at 500), so the extra minutes would not show more of what pretraining gives at this size.
 # full: a pretrained encoder fine-tunes best at half the from-scratch learning rate (chosen on dev: at 1e-3 its
