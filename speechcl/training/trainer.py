@@ -407,23 +407,21 @@ class Progress:
         return self.previous_cpu_seconds + time.process_time() - self.cpu_started
 
 
-def _over_budget(progress: Progress, cfg: TrainerConfig, *, now: bool = True) -> bool:
-    """Whether ``cfg.max_minutes`` of ``cfg.budget_clock`` time are spent (``now=False``: by the earlier parts)."""
+def _budget_share(progress: Progress, cfg: TrainerConfig, *, now: bool = True) -> float:
+    """The share of ``cfg.max_minutes`` of ``cfg.budget_clock`` time spent, at most 1 (0 without a budget;
+    ``now=False``: by the earlier parts)."""
     if cfg.max_minutes <= 0:
-        return False
+        return 0.0
     if cfg.budget_clock == "cpu":
         seconds = progress.cpu_seconds() if now else progress.previous_cpu_seconds
     else:
         seconds = progress.seconds() if now else progress.previous_seconds
-    return seconds >= cfg.max_minutes * 60.0
-
-
-def _budget_share(progress: Progress, cfg: TrainerConfig) -> float:
-    """The share of ``cfg.max_minutes`` spent so far on ``cfg.budget_clock`` (0 without a budget), at most 1."""
-    if cfg.max_minutes <= 0:
-        return 0.0
-    seconds = progress.cpu_seconds() if cfg.budget_clock == "cpu" else progress.seconds()
     return min(seconds / (cfg.max_minutes * 60.0), 1.0)
+
+
+def _over_budget(progress: Progress, cfg: TrainerConfig, *, now: bool = True) -> bool:
+    """Whether ``cfg.max_minutes`` of ``cfg.budget_clock`` time are spent (``now=False``: by the earlier parts)."""
+    return _budget_share(progress, cfg, now=now) >= 1.0
 
 
 @dataclass
@@ -637,9 +635,9 @@ def _train_step(run: _Run, group: list[tuple[int, dict[str, Any]]], progress: Pr
         _merge(stats, out.stats)
         _merge(stats, {"audio_seconds": audio_seconds})
     new_bad = [(path, reason) for _, path, reason in bad if path not in progress.bad_items]
-    out_of_time = _over_budget(progress, run.cfg)
+    budget_share = _budget_share(progress, run.cfg)  # one clock reading for the stop and the schedule
     totals = all_reduce_sum(torch.tensor([float(sample_size), float(loss_sum), float(len(new_bad)), float(stop),
-                                          float(out_of_time), _budget_share(progress, run.cfg)],
+                                          float(budget_share >= 1.0), budget_share],
                                          dtype=torch.float64, device=device), info)
     if totals[2] > 0:
         _record_bad_items(run, progress, all_gather_objects(new_bad, info))
