@@ -5,16 +5,17 @@ Usage::
     speechcl evaluate --model CKPT --manifest DIR/dev-clean.tsv [DIR/test-clean.tsv ...]
                       [--labels FILE.wrd ...] [--dict DIR/dict.ltr.txt] [--output eval]
                       [--beam N] [--lm LM.arpa|LM.bin] [--lexicon FILE] [--lm-weight 2 ...] [--word-score 0 ...]
-                      [--tune-on SPLIT] [--batch-size 8] [--max-tokens SAMPLES] [--device cpu|cuda]
+                      [--blank-penalty 0 ...] [--tune-on SPLIT] [--tune-metric wer|cer] [--batch-size 8] [--max-tokens SAMPLES] [--device cpu|cuda]
     speechcl transcribe --model CKPT AUDIO [AUDIO ...] [--chunk-seconds 30] [--overlap-seconds 2]
                         [decoder options as for evaluate]
     speechcl align --model CKPT AUDIO TRANSCRIPT [--format tsv|json] [--output FILE]
     speechcl lm build --text DIR/train.wrd --out lm.arpa [--order 3] [--lexicon-out lexicon.txt]
                       [--dict DIR/dict.ltr.txt]
 
-Given several ``--lm-weight`` / ``--word-score`` values, ``evaluate`` decodes the ``--tune-on`` split (default:
-the first manifest) with every pair, keeps the pair with the lowest WER there (``tune.json`` in the output
-folder lists them all) and decodes every split with it.
+Given several ``--lm-weight`` / ``--word-score`` / ``--blank-penalty`` values, ``evaluate`` decodes the
+``--tune-on`` split (default: the first manifest) with every combination, keeps the one with the lowest WER
+there (``--tune-metric cer``: CER; ``tune.json`` in the output folder lists them all) and decodes every split
+with it. Greedy decoding tunes the blank penalty alone; the LM weight and word score need beam search.
 
 ``TRANSCRIPT`` of ``align`` is a text file (UTF-8) or, when no such file exists, the transcript itself.
 
@@ -64,8 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_decoder_options(ev, grid=True)
     ev.add_argument("--tune-on", default=None, metavar="SPLIT",
-                    help="with several --lm-weight/--word-score values: the split (manifest file stem) whose "
-                         "WER chooses them (default: the first manifest)")
+                    help="with several --lm-weight/--word-score/--blank-penalty values: the split (manifest file "
+                         "stem) whose WER chooses them (default: the first manifest)")
+    ev.add_argument("--tune-metric", default="wer", choices=("wer", "cer"),
+                    help="what the choice minimises on the --tune-on split (default wer; cer where nearly every "
+                         "word is wrong and WER cannot tell settings apart)")
     ev.set_defaults(func=run_evaluate)
 
     rp = subparsers.add_parser(
@@ -156,6 +160,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="normalise each utterance to zero mean/unit variance (default: as the checkpoint says)")
 
 
+BLANK_PENALTY_HELP = ("subtracted from the CTC blank's log-probability at every frame before decoding (default 0): "
+                      "a positive value makes the decoder emit letters where blank only narrowly wins, a negative "
+                      "one fewer")
+
+
 def _add_decoder_options(parser: argparse.ArgumentParser, grid: bool = False) -> None:
     """Decoder flags; with ``grid`` the LM weight and word score take several values (a tuning grid)."""
     group = parser.add_argument_group("decoding (greedy unless --beam, --lm or --lexicon is given)")
@@ -168,9 +177,12 @@ def _add_decoder_options(parser: argparse.ArgumentParser, grid: bool = False) ->
                            help="LM weight (default 2); several values are tried on the --tune-on split")
         group.add_argument("--word-score", type=float, nargs="+", default=[0.0], metavar="S",
                            help="word insertion score (default 0); several values are tried on the --tune-on split")
+        group.add_argument("--blank-penalty", type=float, nargs="+", default=[0.0], metavar="P",
+                           help=BLANK_PENALTY_HELP + "; several values are tried on the --tune-on split")
     else:
         group.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default 2)")
         group.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
+        group.add_argument("--blank-penalty", type=float, default=0.0, metavar="P", help=BLANK_PENALTY_HELP)
 
 
 def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):
@@ -179,30 +191,39 @@ def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):
     return load_recognizer(args.model, args.dict, fallback_dict, args.normalize, args.device)
 
 
-def _decoder(args: argparse.Namespace, dictionary, lm_weight: float | None = None, word_score: float | None = None):
+def _decoder(args: argparse.Namespace, dictionary, lm_weight: float | None = None, word_score: float | None = None,
+             blank_penalty: float | None = None):
     from speechcl.asr.decode import build_decoder
 
     return build_decoder(dictionary, args.beam, lm=args.lm, lexicon=args.lexicon,
                          lm_weight=args.lm_weight if lm_weight is None else lm_weight,
-                         word_score=args.word_score if word_score is None else word_score)
+                         word_score=args.word_score if word_score is None else word_score,
+                         blank_penalty=args.blank_penalty if blank_penalty is None else blank_penalty)
 
 
 def _tune(args: argparse.Namespace, recognizer, manifest, references, split: str):
-    """Choose the LM weight and word score on ``split`` (or read the choice back from ``tune.json``) and
-    print the grid; returns them with the split's logits (``None`` when read back)."""
+    """Choose the LM weight, word score and blank penalty on ``split`` (or read the choice back from
+    ``tune.json``) and print the grid; returns the outcome, its logits ``None`` when read back."""
     from speechcl.asr.tuning import tune_split
 
     outcome = tune_split(recognizer, manifest, references, split, args.output, model_path=args.model,
-                         lm_weights=args.lm_weight, word_scores=args.word_score, beam=args.beam, lm=args.lm,
-                         lexicon=args.lexicon, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                         progress=not args.quiet)
+                         lm_weights=args.lm_weight, word_scores=args.word_score, blank_penalties=args.blank_penalty,
+                         metric=args.tune_metric, beam=args.beam, lm=args.lm, lexicon=args.lexicon,
+                         batch_size=args.batch_size, max_tokens=args.max_tokens, progress=not args.quiet)
+    beam = bool(args.beam or args.lm or args.lexicon)
+
+    def named(lm_weight: float, word_score: float, blank_penalty: float, sep: str) -> str:
+        weights = [f"lm_weight {lm_weight:g}", f"word_score {word_score:g}"] if beam else []  # greedy has neither
+        return sep.join([*weights, f"blank_penalty {blank_penalty:g}"])
+
     for point in outcome.points:
-        print(f"tune {split}\tlm_weight {point.lm_weight:g}\tword_score {point.word_score:g}\t"
+        print(f"tune {split}\t{named(point.lm_weight, point.word_score, point.blank_penalty, chr(9))}\t"
               f"WER {100 * point.score.wer:.2f}\tCER {100 * point.score.cer:.2f}")
     if outcome.best is not None:
-        print(f"tune {split}\tchose lm_weight {outcome.lm_weight:g}, word_score {outcome.word_score:g} "
-              f"(WER {100 * outcome.best.score.wer:.2f}, best of {len(outcome.points)})")
-    return outcome.lm_weight, outcome.word_score, outcome.logits
+        chosen = getattr(outcome.best.score, args.tune_metric)
+        print(f"tune {split}\tchose {named(outcome.lm_weight, outcome.word_score, outcome.blank_penalty, ', ')} "
+              f"({args.tune_metric.upper()} {100 * chosen:.2f}, best of {len(outcome.points)})")
+    return outcome
 
 
 def _fail(err: Exception) -> int:
@@ -235,27 +256,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     splits = [m.stem for m in manifests]
     if len(set(splits)) != len(splits):
         return _fail(ValueError(f"manifest names {splits} repeat; output files are named after them"))
-    grid = len(args.lm_weight) * len(args.word_score) > 1
-    if grid and not (args.beam or args.lm or args.lexicon):
+    lm_grid = len(args.lm_weight) * len(args.word_score) > 1
+    grid = lm_grid or len(args.blank_penalty) > 1
+    if lm_grid and not (args.beam or args.lm or args.lexicon):
         return _fail(ValueError("several --lm-weight/--word-score values tune beam search: add --lm (or --beam)"))
     tune_on = args.tune_on if args.tune_on is not None else splits[0]
     if args.tune_on is not None and not grid:
-        return _fail(ValueError("--tune-on needs several --lm-weight or --word-score values to choose from"))
+        return _fail(ValueError("--tune-on needs several --lm-weight, --word-score or --blank-penalty values to "
+                                "choose from"))
     if grid and tune_on not in splits:
         return _fail(ValueError(f"--tune-on {tune_on!r} is none of the manifests' splits {splits}"))
     try:
         recognizer = _recognizer(args, str(manifests[0].parent / "dict.ltr.txt"))
         data = {split: (read_manifest(m), read_references(lab)) for m, lab, split in zip(manifests, labels, splits)}
-        lm_weight, word_score = args.lm_weight[0], args.word_score[0]
+        lm_weight, word_score, blank_penalty = args.lm_weight[0], args.word_score[0], args.blank_penalty[0]
         cached: dict[str, Any] = {}
         if grid:
-            lm_weight, word_score, cached[tune_on] = _tune(args, recognizer, *data[tune_on], tune_on)
-        decoder = _decoder(args, recognizer.dictionary, lm_weight, word_score)
+            outcome = _tune(args, recognizer, *data[tune_on], tune_on)
+            lm_weight, word_score, blank_penalty = outcome.lm_weight, outcome.word_score, outcome.blank_penalty
+            cached[tune_on] = outcome.logits
+        decoder = _decoder(args, recognizer.dictionary, lm_weight, word_score, blank_penalty)
         settings = {"model": str(Path(args.model).resolve()),
-                    **decoder_settings(args.beam, args.lm, args.lexicon, lm_weight, word_score),
+                    **decoder_settings(args.beam, args.lm, args.lexicon, lm_weight, word_score, blank_penalty),
                     "normalize": recognizer.normalize}
         if grid:
             settings["tuned_on"] = tune_on
+            if args.tune_metric != "wer":
+                settings["tuned_by"] = args.tune_metric
         results = []
         for split, (manifest, references) in data.items():
             result = evaluate_split(recognizer, decoder, manifest, references, args.output, split, settings,

@@ -8,6 +8,12 @@ follow :class:`speechcl.data.labels.Dictionary`: index 0 is the CTC blank, 1-3 a
 Beam search uses torchaudio's ``ctc_decoder`` (flashlight-text, which vendors KenLM; install the
 ``lm`` extra: ``pip install 'speechcl[lm]'``). With a language model the search is constrained to a
 lexicon (``WORD L E T T E R S |`` per line); without one it searches letter sequences freely.
+
+Both take a ``blank_penalty``: subtracted from the blank's log-probability at every frame before
+decoding, so a positive penalty makes the decoder emit letters where the model's blank only narrowly
+wins (a model trained briefly on few labels emits too few: its hypotheses are shorter than the
+references); a negative one emits fewer. 0 decodes the model's posteriors as they are; choose the value
+on a dev split (``speechcl evaluate --blank-penalty 0 0.5 1 … --tune-on dev-clean``).
 """
 
 from __future__ import annotations
@@ -50,33 +56,46 @@ def ctc_collapse(ids: Sequence[int], blank: int = 0) -> list[int]:
     return out
 
 
-def greedy_decode(logits: Tensor, lengths: Tensor | None = None, blank: int = 0) -> list[list[int]]:
+def penalize_blank(scores: Tensor, blank: int, penalty: float) -> Tensor:
+    """``scores [..., V]`` with ``penalty`` subtracted from the blank's column (a new tensor; ``scores``
+    itself when the penalty is 0)."""
+    if penalty == 0:
+        return scores
+    out = scores.clone()
+    out[..., blank] -= penalty
+    return out
+
+
+def greedy_decode(logits: Tensor, lengths: Tensor | None = None, blank: int = 0,
+                  blank_penalty: float = 0.0) -> list[list[int]]:
     """Best-path token ids per row.
 
     Args:
-        logits: ``[B, T, V]`` scores (any monotone transform of the posteriors: logits or log-probs).
+        logits: ``[B, T, V]`` scores (logits or log-probs: the best path is the same for both).
         lengths: ``[B]`` valid frames per row; frames at and after ``lengths[b]`` are ignored
             (``None``: all ``T``).
         blank: the blank index.
+        blank_penalty: subtracted from the blank's score at every frame (see the module docstring).
 
     Returns:
         ``B`` lists of token ids after merging repeats and dropping blanks.
     """
     lengths = _check_logits(logits, lengths)
-    best = logits.detach().argmax(dim=-1).cpu()
+    best = penalize_blank(logits.detach(), blank, blank_penalty).argmax(dim=-1).cpu()
     return [ctc_collapse(best[b, : int(lengths[b])].tolist(), blank) for b in range(best.shape[0])]
 
 
 class GreedyDecoder:
-    """Greedy CTC decoding to text with a :class:`Dictionary`."""
+    """Greedy CTC decoding to text with a :class:`Dictionary` (``blank_penalty``: see the module docstring)."""
 
-    def __init__(self, dictionary: Dictionary) -> None:
+    def __init__(self, dictionary: Dictionary, blank_penalty: float = 0.0) -> None:
         self.dictionary = dictionary
+        self.blank_penalty = blank_penalty
 
     def __call__(self, logits: Tensor, lengths: Tensor | None = None) -> list[str]:
         """``logits [B, T, V]``, ``lengths [B]`` -> ``B`` transcripts."""
         _check_vocab(logits, self.dictionary)
-        ids = greedy_decode(logits, lengths, self.dictionary.blank_index)
+        ids = greedy_decode(logits, lengths, self.dictionary.blank_index, self.blank_penalty)
         return [self.dictionary.decode_words(row) for row in ids]
 
 
@@ -99,13 +118,14 @@ class BeamSearchDecoder:
         lexicon: ``WORD L E T T E R S |`` lines; restricts the output to these words.
         lm_weight: LM weight (fairseq ``lm_weight``, the paper tunes it around 2).
         word_score: score added per word (fairseq ``word_score``, around -1 to 1).
+        blank_penalty: subtracted from the blank's log-probability at every frame (module docstring).
         beam_threshold: prune hypotheses scoring this much below the best.
         unk_score: score of ``<unk>`` words (lexicon decoding); ``-inf`` never emits them.
     """
 
     def __init__(self, dictionary: Dictionary, beam_size: int = 50, lm: str | os.PathLike | None = None,
                  lexicon: str | os.PathLike | None = None, lm_weight: float = 2.0, word_score: float = 0.0,
-                 beam_threshold: float = 25.0, unk_score: float = float("-inf")) -> None:
+                 blank_penalty: float = 0.0, beam_threshold: float = 25.0, unk_score: float = float("-inf")) -> None:
         ctc_decoder = _ctc_decoder_factory()
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {beam_size}")
@@ -133,16 +153,20 @@ class BeamSearchDecoder:
                              unk_word="<unk>")
         self._decoder = ctc_decoder(lm=lm, lm_weight=lm_weight, word_score=word_score, **self._options)
         self.uses_lexicon = lexicon is not None
-        self.lm_weight, self.word_score = lm_weight, word_score
+        self.lm_weight, self.word_score, self.blank_penalty = lm_weight, word_score, blank_penalty
 
-    def reweighted(self, lm_weight: float, word_score: float) -> BeamSearchDecoder:
-        """The same search with another LM weight and word score, sharing this decoder's loaded LM
-        (reading a large ARPA file takes seconds; a tuning grid reads it once)."""
+    def reweighted(self, lm_weight: float, word_score: float, blank_penalty: float | None = None
+                   ) -> BeamSearchDecoder:
+        """The same search with another LM weight and word score (and blank penalty, unless None),
+        sharing this decoder's loaded LM (reading a large ARPA file takes seconds; a tuning grid reads it
+        once)."""
         ctc_decoder = _ctc_decoder_factory()
         other = copy.copy(self)
         other._decoder = ctc_decoder(lm=self._decoder.lm, lm_weight=lm_weight, word_score=word_score,
                                      **self._options)
         other.lm_weight, other.word_score = lm_weight, word_score
+        if blank_penalty is not None:
+            other.blank_penalty = blank_penalty
         return other
 
     def _scratch(self) -> str:
@@ -155,7 +179,8 @@ class BeamSearchDecoder:
         """``logits [B, T, V]``, ``lengths [B]`` -> ``B`` transcripts (log-softmax is applied here)."""
         _check_vocab(logits, self.dictionary)
         lengths = _check_logits(logits, lengths)
-        emissions = torch.log_softmax(logits.detach().float(), dim=-1).cpu().contiguous()
+        emissions = torch.log_softmax(logits.detach().float(), dim=-1).cpu()
+        emissions = penalize_blank(emissions, self.dictionary.blank_index, self.blank_penalty).contiguous()
         results = self._decoder(emissions, lengths.to(torch.int32))
         texts = []
         for hyps in results:
@@ -217,9 +242,9 @@ Decoder = GreedyDecoder | BeamSearchDecoder
 
 def build_decoder(dictionary: Dictionary, beam_size: int = 0, lm: str | os.PathLike | None = None,
                   lexicon: str | os.PathLike | None = None, lm_weight: float = 2.0,
-                  word_score: float = 0.0) -> Decoder:
+                  word_score: float = 0.0, blank_penalty: float = 0.0) -> Decoder:
     """Greedy when ``beam_size`` is 0 and there is no LM or lexicon; otherwise beam search (beam 50 by default)."""
     if beam_size == 0 and lm is None and lexicon is None:
-        return GreedyDecoder(dictionary)
+        return GreedyDecoder(dictionary, blank_penalty)
     return BeamSearchDecoder(dictionary, beam_size or 50, lm=lm, lexicon=lexicon, lm_weight=lm_weight,
-                             word_score=word_score)
+                             word_score=word_score, blank_penalty=blank_penalty)

@@ -21,9 +21,9 @@ are appended to ``.hyp.NAME.partial.jsonl``, so an interrupted run resumes where
 model, manifest and decoding settings are the same) without reading any of those files again; the file
 is removed once the results are written.
 
-:func:`tune_decoder` chooses decoder settings (the LM weight and word score of beam search) on one
-split: it runs the acoustic model once (:func:`split_logits`) and decodes those logits with every
-setting of a grid, keeping the one with the lowest WER.
+:func:`tune_decoder` chooses decoder settings (the LM weight and word score of beam search, the blank
+penalty of either decoder) on one split: it runs the acoustic model once (:func:`split_logits`) and
+decodes those logits with every setting of a grid, keeping the one with the lowest WER (or CER).
 """
 
 from __future__ import annotations
@@ -243,6 +243,10 @@ def split_logits(recognizer: Recognizer, manifest: Manifest, batch_size: int = 8
     return out
 
 
+TUNE_METRICS = ("wer", "cer")
+"""What a tuning grid can minimise on its split (ties go to the other metric, then to the earlier point)."""
+
+
 @dataclass(frozen=True)
 class TuningPoint:
     """One decoder setting of a grid and its score on the tuning split."""
@@ -250,43 +254,53 @@ class TuningPoint:
     lm_weight: float
     word_score: float
     score: Score
+    blank_penalty: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lm_weight": self.lm_weight, "word_score": self.word_score, "wer": self.score.wer,
-                "cer": self.score.cer}
+        return {"lm_weight": self.lm_weight, "word_score": self.word_score, "blank_penalty": self.blank_penalty,
+                "wer": self.score.wer, "cer": self.score.cer}
 
 
 def tune_decoder(logits: Sequence[Tensor | Skipped], references: Sequence[str],
-                 make_decoder: Callable[[float, float], Decoder], lm_weights: Sequence[float],
-                 word_scores: Sequence[float], progress: bool = True) -> tuple[TuningPoint, list[TuningPoint]]:
-    """Decode one split's ``logits`` (from :func:`split_logits`) with every (LM weight, word score) pair.
+                 make_decoder: Callable[[float, float, float], Decoder], lm_weights: Sequence[float],
+                 word_scores: Sequence[float], blank_penalties: Sequence[float] = (0.0,), metric: str = "wer",
+                 progress: bool = True) -> tuple[TuningPoint, list[TuningPoint]]:
+    """Decode one split's ``logits`` (from :func:`split_logits`) with every (LM weight, word score, blank
+    penalty) of a grid.
 
     Skipped items are left out of the score.
 
     Args:
         references: the split's reference transcripts, aligned with ``logits``.
-        make_decoder: builds the decoder for ``(lm_weight, word_score)``.
+        make_decoder: builds the decoder for ``(lm_weight, word_score, blank_penalty)``.
+        metric: ``"wer"`` or ``"cer"``, the score the best point minimises (:data:`TUNE_METRICS`).
 
     Returns:
-        the best point (lowest WER, then lowest CER, then earliest in the grid) and every point in grid
-        order (LM weights outer, word scores inner).
+        the best point (lowest ``metric``, then the lowest other one, then earliest in the grid) and every
+        point in grid order (LM weights outermost, blank penalties innermost).
     """
     if len(references) != len(logits):
         raise ValueError(f"{len(references)} reference transcripts for {len(logits)} utterances")
-    if not lm_weights or not word_scores:
-        raise ValueError("the tuning grid needs at least one LM weight and one word score")
+    if not lm_weights or not word_scores or not blank_penalties:
+        raise ValueError("the tuning grid needs at least one LM weight, word score and blank penalty")
+    if metric not in TUNE_METRICS:
+        raise ValueError(f"unknown tuning metric {metric!r}: choose one of {', '.join(TUNE_METRICS)}")
     usable = [i for i, item in enumerate(logits) if not isinstance(item, Skipped)]
     if not usable:
         raise ValueError(f"none of the {len(logits)} utterances of the tuning split could be decoded")
     refs = [normalize_transcript(references[i]) for i in usable]
-    grid = [(w, s) for w in lm_weights for s in word_scores]
+    grid = [(w, s, b) for w in lm_weights for s in word_scores for b in blank_penalties]
     points = []
-    for lm_weight, word_score in tqdm(grid, desc="tune", unit="setting", disable=not progress):
-        decoder = make_decoder(lm_weight, word_score)
+    for lm_weight, word_score, blank_penalty in tqdm(grid, desc="tune", unit="setting", disable=not progress):
+        decoder = make_decoder(lm_weight, word_score, blank_penalty)
         hyps = [str(_decode_one(decoder, logits[i])) for i in usable]
-        points.append(TuningPoint(lm_weight, word_score, score(refs, hyps)))
-    best = min(range(len(points)), key=lambda i: (points[i].score.wer, points[i].score.cer, i))
-    return points[best], points
+        points.append(TuningPoint(lm_weight, word_score, score(refs, hyps), blank_penalty))
+
+    def rank(i: int) -> tuple[float, float, int]:
+        wer, cer = points[i].score.wer, points[i].score.cer
+        return (wer, cer, i) if metric == "wer" else (cer, wer, i)
+
+    return points[min(range(len(points)), key=rank)], points
 
 
 def default_references(manifest_path: str | os.PathLike) -> Path:

@@ -91,6 +91,22 @@ def test_lexicon_entries_outside_the_dictionary_are_dropped(lm_files, tmp_path):
     assert decoder(spoken("THE CAT SAT", {5: {"U": 0.5, "A": 0.4}})) == ["THE CAT SAT"]
 
 
+def test_blank_penalty_of_beam_search_matches_greedy_and_survives_reweighting(lm_files):
+    """A letter whose frame blank narrowly wins is emitted by beam search (no LM) once the penalty exceeds
+    the margin, as by greedy decoding; a reweighted decoder keeps the penalty or takes a new one."""
+    logits = spoken("A CUT", {3: {"U": 0.4}})  # blank 0.6 over U at the vowel's frame: log(1.5) = 0.41
+    assert GreedyDecoder(D)(logits) == ["A CT"]
+    assert BeamSearchDecoder(D, beam_size=8)(logits) == ["A CT"]
+    for penalty in (0.5, 1.0):
+        assert BeamSearchDecoder(D, beam_size=8, blank_penalty=penalty)(logits) == ["A CUT"]
+        assert GreedyDecoder(D, blank_penalty=penalty)(logits) == ["A CUT"]
+    arpa, lexicon = lm_files
+    base = BeamSearchDecoder(D, beam_size=8, lm=arpa, lexicon=lexicon, lm_weight=0.0, blank_penalty=0.5)
+    assert base.reweighted(0.0, 0.0).blank_penalty == 0.5
+    assert base.reweighted(0.0, 0.0, 0.0)(logits) == BeamSearchDecoder(D, beam_size=8, lm=arpa, lexicon=lexicon,
+                                                                       lm_weight=0.0)(logits)
+
+
 def test_tuning_keeps_the_lm_weight_with_the_fewest_errors(lm_files):
     arpa, lexicon = lm_files
     # utterance 0: CAT sounds like CUT, which only the LM corrects; utterance 1 is clear
@@ -98,7 +114,8 @@ def test_tuning_keeps_the_lm_weight_with_the_fewest_errors(lm_files):
     refs = ["THE CAT SAT", "A CUT RAN", ""]
     built = []
 
-    def make(lm_weight: float, word_score: float) -> BeamSearchDecoder:
+    def make(lm_weight: float, word_score: float, blank_penalty: float) -> BeamSearchDecoder:
+        assert blank_penalty == 0.0
         built.append((lm_weight, word_score))
         return BeamSearchDecoder(D, beam_size=16, lm=arpa, lexicon=lexicon, lm_weight=lm_weight,
                                  word_score=word_score)
@@ -113,6 +130,23 @@ def test_tuning_keeps_the_lm_weight_with_the_fewest_errors(lm_files):
         tune_decoder(logits, refs[:2], make, [1.0], [0.0], progress=False)
     with pytest.raises(ValueError, match="at least one"):
         tune_decoder(logits, refs, make, [], [0.0], progress=False)
+
+
+def test_tuning_minimises_the_chosen_metric():
+    """Two settings where WER and CER disagree: every word slightly wrong (WER 100%, CER 27%) against a word
+    dropped (WER 33%, CER 36%); the metric decides, the other one breaks ties."""
+    canned = {0.0: "THX CXT SXT", 1.0: "THE CAT", 2.0: "THE CAT"}
+
+    def make(lm_weight: float, word_score: float, blank_penalty: float):
+        return lambda logits, lengths=None: [canned[blank_penalty]]
+
+    logits, refs = [torch.zeros(3, len(D))], ["THE CAT SAT"]
+    by_wer, _ = tune_decoder(logits, refs, make, [0.0], [0.0], list(canned), metric="wer", progress=False)
+    by_cer, points = tune_decoder(logits, refs, make, [0.0], [0.0], list(canned), metric="cer", progress=False)
+    assert [p.blank_penalty for p in points] == [0.0, 1.0, 2.0]
+    assert by_wer.blank_penalty == 1.0 and by_cer.blank_penalty == 0.0  # ties (1.0 vs 2.0) go to the earlier
+    with pytest.raises(ValueError, match="unknown tuning metric"):
+        tune_decoder(logits, refs, make, [0.0], [0.0], [0.0], metric="per", progress=False)
 
 
 def test_reweighted_decoder_equals_a_fresh_one(lm_files):

@@ -212,10 +212,36 @@ def test_evaluate_tunes_lm_weight_and_word_score_on_one_split(corpus, capsys, tm
     assert "chose lm_weight" in capsys.readouterr().out  # tuned again
 
 
+def test_evaluate_tunes_the_blank_penalty_of_greedy_decoding_on_cer(corpus, capsys, tmp_path):
+    """Greedy decoding with several --blank-penalty values and --tune-metric cer: the dev split chooses the
+    penalty with the lowest CER, the results record it, and decoding equals a run given only that value."""
+    _, data, model, _ = corpus
+    common = ["evaluate", "--model", str(model), "--manifest", str(data / "dev.tsv"), "--quiet", "--device", "cpu"]
+    out = tmp_path / "tuned"
+    capsys.readouterr()
+    assert main(common + ["--output", str(out), "--blank-penalty", "0", "4", "40", "--tune-metric", "cer"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("tune dev\tblank_penalty") == 3 and "lm_weight" not in printed
+    record = json.loads((out / "tune.json").read_text())
+    assert record["metric"] == "cer" and record["best"]["cer"] == min(p["cer"] for p in record["grid"])
+    chosen = record["best"]["blank_penalty"]
+    assert f"chose blank_penalty {chosen:g} (CER" in printed
+    result = json.loads((out / "result.dev.json").read_text())
+    assert result["settings"]["decoder"] == "greedy" and result["settings"]["tuned_by"] == "cer"
+    assert result["settings"].get("blank_penalty", 0.0) == chosen and result["cer"] == record["best"]["cer"]
+    single = tmp_path / "single"
+    assert main(common + ["--output", str(single), "--blank-penalty", str(chosen)]) == 0
+    assert (single / "hyp.dev.txt").read_text() == (out / "hyp.dev.txt").read_text()
+    plain = tmp_path / "plain"
+    assert main(common + ["--output", str(plain), "--blank-penalty", "40"]) == 0
+    assert json.loads((plain / "result.dev.json").read_text())["settings"]["blank_penalty"] == 40.0
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--lm-weight", "1", "2"], "add --lm"),
     (["--beam", "4", "--lm-weight", "1", "2", "--tune-on", "nope"], "none of the manifests"),
     (["--beam", "4", "--tune-on", "dev"], "needs several"),
+    (["--blank-penalty", "0", "1", "--word-score", "0", "1"], "add --lm"),
 ])
 def test_evaluate_tuning_errors(corpus, capsys, tmp_path, extra, message):
     root, data, model, _ = corpus

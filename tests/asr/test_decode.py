@@ -55,6 +55,25 @@ def test_greedy_rejects_bad_shapes_and_dictionary_mismatch():
     assert isinstance(build_decoder(d), GreedyDecoder)
 
 
+def test_blank_penalty_lets_a_letter_through_where_blank_narrowly_wins():
+    """A frame where blank beats B by log(0.55/0.4) = 0.32 nats: a penalty above that margin emits the B,
+    one below it does not; the penalty is the same as lowering the blank's column by hand."""
+    d = Dictionary(list("|AB"))
+    a, b = d.index("A"), d.index("B")
+    probs = torch.full((1, 4, len(d)), 1e-3)
+    probs[0, 0, a] = probs[0, 2, a] = probs[0, 3, 0] = 0.9
+    probs[0, 1, 0], probs[0, 1, b] = 0.55, 0.4
+    logits = probs.log()
+    assert GreedyDecoder(d)(logits) == ["AA"]
+    assert GreedyDecoder(d, blank_penalty=0.3)(logits) == ["AA"]
+    assert GreedyDecoder(d, blank_penalty=0.35)(logits) == ["ABA"]
+    shifted = logits.clone()
+    shifted[..., 0] -= 0.35
+    assert greedy_decode(logits, blank_penalty=0.35) == greedy_decode(shifted)
+    assert build_decoder(d, blank_penalty=0.35)(logits) == ["ABA"]
+    assert torch.equal(logits, probs.log())  # the caller's logits are left as they were
+
+
 def test_beam_search_without_flashlight_says_what_to_install(monkeypatch):
     """torchaudio turns a failed flashlight-text import into a RuntimeError; the decoder names the package."""
     import torchaudio.models.decoder as decoders

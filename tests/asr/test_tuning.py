@@ -76,7 +76,8 @@ def test_tuning_is_reused_until_an_input_file_changes(inputs, recognizer, monkey
     assert not tune().reused and calls == [1, 1]
 
 
-@pytest.mark.parametrize("change", ["model", "lm", "lexicon", "references", "manifest", "grid", "split", "beam"])
+@pytest.mark.parametrize("change", ["model", "lm", "lexicon", "references", "manifest", "grid", "blank_penalties",
+                                    "metric", "split", "beam"])
 def test_the_fingerprint_changes_with_every_input(inputs, tmp_path, change):
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("CAT C A T |\n")
@@ -96,6 +97,10 @@ def test_the_fingerprint_changes_with_every_input(inputs, tmp_path, change):
         args["manifest"] = inputs["manifest"].subset([0, 1])
     elif change == "grid":
         args["word_scores"] = [-1.0, 0.0]
+    elif change == "blank_penalties":
+        args["blank_penalties"] = [0.0, 1.0]
+    elif change == "metric":
+        args["metric"] = "cer"
     elif change == "split":
         args["split"] = "test"
     else:
@@ -115,7 +120,31 @@ def test_greedy_decoding_cannot_be_tuned(inputs, recognizer):
         tune_split(recognizer, inputs["manifest"], REFERENCES, "dev", inputs["out"],
                    model_path=inputs["model_path"], progress=False, **GRID)
     assert decoder_settings() == {"decoder": "greedy"}
+    assert decoder_settings(blank_penalty=1.5) == {"decoder": "greedy", "blank_penalty": 1.5}
     assert decoder_settings(lm="x.arpa")["beam"] == 50
+
+
+def test_greedy_decoding_tunes_the_blank_penalty_on_cer(inputs, recognizer):
+    """Greedy decoding with several blank penalties: every one is scored, the lowest CER wins, tune.json
+    records it with the metric, and a rerun reads it back. The random model emits more letters than the
+    references have (CER over 100%), so a negative penalty, favouring blank, wins."""
+    penalties = [0.0, -3.0, -30.0]
+    outcome = tune_split(recognizer, inputs["manifest"], REFERENCES, "dev", inputs["out"], lm_weights=[0.0],
+                         word_scores=[0.0], blank_penalties=penalties, metric="cer",
+                         model_path=inputs["model_path"], progress=False)
+    assert [p.blank_penalty for p in outcome.points] == penalties
+    cers = [p.score.cer for p in outcome.points]
+    assert outcome.best.score.cer == min(cers) and outcome.blank_penalty == penalties[cers.index(min(cers))]
+    assert outcome.blank_penalty != 0.0 and outcome.best.score.cer < outcome.points[0].score.cer
+    record = json.loads((inputs["out"] / "tune.json").read_text())
+    assert record["metric"] == "cer" and record["best"]["blank_penalty"] == outcome.blank_penalty
+    again = tune_split(recognizer, inputs["manifest"], REFERENCES, "dev", inputs["out"], lm_weights=[0.0],
+                       word_scores=[0.0], blank_penalties=penalties, metric="cer",
+                       model_path=inputs["model_path"], progress=False)
+    assert again.reused and again.blank_penalty == outcome.blank_penalty
+    with pytest.raises(ValueError, match="unknown tuning metric 'ser'"):
+        tune_split(recognizer, inputs["manifest"], REFERENCES, "dev", inputs["out"], lm_weights=[0.0],
+                   word_scores=[0.0], blank_penalties=penalties, metric="ser", model_path=inputs["model_path"])
 
 
 def test_update_summary_adds_splits_and_keeps_earlier_ones(tmp_path):

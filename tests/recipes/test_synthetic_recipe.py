@@ -130,6 +130,7 @@ def test_synthetic_recipe_tiny(tmp_path):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert str(out / plot) in proc.stdout  # the output names the plots
     assert check_table(out / "results_lm.md", out, "decode_lm") == header
+    penalties = {}
     for system in SYSTEMS.values():
         # the trainer's validation (best checkpoint chosen by dev CER) scores what `evaluate` measures
         log = read_log(out / system / "log.jsonl")
@@ -138,7 +139,13 @@ def test_synthetic_recipe_tiny(tmp_path):
         best_cer = min(e["cer"] for e in valid)
         assert valid[-1]["best"] == pytest.approx(best_cer)
         summary = json.loads((out / system / "decode" / "summary.json").read_text())
-        assert summary["dev-clean"]["cer"] == pytest.approx(best_cer, abs=1e-9)
+        # greedy decoding's blank penalty: chosen on dev CER; penalty 0 is what the trainer validated
+        greedy = json.loads((out / system / "decode" / "tune.json").read_text())
+        assert greedy["metric"] == "cer" and [e["blank_penalty"] for e in greedy["grid"]] == [0, 1]
+        assert greedy["grid"][0]["cer"] == pytest.approx(best_cer, abs=1e-9)
+        assert summary["dev-clean"]["cer"] == pytest.approx(greedy["best"]["cer"], abs=1e-9)
+        assert greedy["best"]["cer"] == min(e["cer"] for e in greedy["grid"])
+        penalties[system] = greedy["best"]["blank_penalty"]
         # the LM settings that won on dev decode test, and dev's result is that grid entry
         tune = json.loads((out / system / "decode_lm" / "tune.json").read_text())
         assert len(tune["grid"]) == 2 and tune["metric"] == "wer"
@@ -151,6 +158,10 @@ def test_synthetic_recipe_tiny(tmp_path):
                                                                        tune["best"]["word_score"])
         dev_lm = json.loads((out / system / "decode_lm" / "result.dev-clean.json").read_text())
         assert (dev_lm["wer"], dev_lm["cer"]) == pytest.approx((tune["best"]["wer"], tune["best"]["cer"]))
+
+    chosen = (f"blank penalty {penalties['finetune-pretrained']} (pretrained) and "
+              f"{penalties['finetune-scratch']} (scratch), chosen on dev CER")
+    assert chosen in proc.stdout and chosen in (out / "results.md").read_text()
 
     # a rerun skips every stage
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
