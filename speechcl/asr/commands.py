@@ -5,7 +5,8 @@ Usage::
     speechcl evaluate --model CKPT --manifest DIR/dev-clean.tsv [DIR/test-clean.tsv ...]
                       [--labels FILE.wrd ...] [--dict DIR/dict.ltr.txt] [--output eval]
                       [--beam N] [--lm LM.arpa|LM.bin] [--lexicon FILE] [--lm-weight 2 ...] [--word-score 0 ...]
-                      [--blank-penalty 0 ...] [--tune-on SPLIT] [--tune-metric wer|cer] [--batch-size 8] [--max-tokens SAMPLES] [--device cpu|cuda]
+                      [--blank-penalty 0 ...] [--tune-on SPLIT] [--tune-metric wer|cer] [--batch-size 8]
+                      [--max-tokens SAMPLES] [--device cpu|cuda]
     speechcl transcribe --model CKPT AUDIO [AUDIO ...] [--chunk-seconds 30] [--overlap-seconds 2]
                         [decoder options as for evaluate]
     speechcl align --model CKPT AUDIO TRANSCRIPT [--format tsv|json] [--output FILE]
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -66,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_decoder_options(ev, grid=True)
     ev.add_argument("--tune-on", default=None, metavar="SPLIT",
                     help="with several --lm-weight/--word-score/--blank-penalty values: the split (manifest file "
-                         "stem) whose WER chooses them (default: the first manifest)")
+                         "stem) whose WER (or --tune-metric) chooses them (default: the first manifest)")
     ev.add_argument("--tune-metric", default="wer", choices=("wer", "cer"),
                     help="what the choice minimises on the --tune-on split (default wer; cer where nearly every "
                          "word is wrong and WER cannot tell settings apart)")
@@ -160,6 +162,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="normalise each utterance to zero mean/unit variance (default: as the checkpoint says)")
 
 
+def _finite(text: str) -> float:
+    """A finite float for argparse (a blank penalty of nan or inf would decode to nothing or to noise)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 BLANK_PENALTY_HELP = ("subtracted from the CTC blank's log-probability at every frame before decoding (default 0): "
                       "a positive value makes the decoder emit letters where blank only narrowly wins, a negative "
                       "one fewer")
@@ -177,12 +187,12 @@ def _add_decoder_options(parser: argparse.ArgumentParser, grid: bool = False) ->
                            help="LM weight (default 2); several values are tried on the --tune-on split")
         group.add_argument("--word-score", type=float, nargs="+", default=[0.0], metavar="S",
                            help="word insertion score (default 0); several values are tried on the --tune-on split")
-        group.add_argument("--blank-penalty", type=float, nargs="+", default=[0.0], metavar="P",
+        group.add_argument("--blank-penalty", type=_finite, nargs="+", default=[0.0], metavar="P",
                            help=BLANK_PENALTY_HELP + "; several values are tried on the --tune-on split")
     else:
         group.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (default 2)")
         group.add_argument("--word-score", type=float, default=0.0, help="word insertion score (default 0)")
-        group.add_argument("--blank-penalty", type=float, default=0.0, metavar="P", help=BLANK_PENALTY_HELP)
+        group.add_argument("--blank-penalty", type=_finite, default=0.0, metavar="P", help=BLANK_PENALTY_HELP)
 
 
 def _recognizer(args: argparse.Namespace, fallback_dict: str | None = None):

@@ -118,14 +118,14 @@ class BeamSearchDecoder:
         lexicon: ``WORD L E T T E R S |`` lines; restricts the output to these words.
         lm_weight: LM weight (fairseq ``lm_weight``, the paper tunes it around 2).
         word_score: score added per word (fairseq ``word_score``, around -1 to 1).
-        blank_penalty: subtracted from the blank's log-probability at every frame (module docstring).
         beam_threshold: prune hypotheses scoring this much below the best.
         unk_score: score of ``<unk>`` words (lexicon decoding); ``-inf`` never emits them.
+        blank_penalty: subtracted from the blank's log-probability at every frame (module docstring).
     """
 
     def __init__(self, dictionary: Dictionary, beam_size: int = 50, lm: str | os.PathLike | None = None,
                  lexicon: str | os.PathLike | None = None, lm_weight: float = 2.0, word_score: float = 0.0,
-                 blank_penalty: float = 0.0, beam_threshold: float = 25.0, unk_score: float = float("-inf")) -> None:
+                 beam_threshold: float = 25.0, unk_score: float = float("-inf"), blank_penalty: float = 0.0) -> None:
         ctc_decoder = _ctc_decoder_factory()
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {beam_size}")

@@ -248,3 +248,14 @@ def test_evaluate_tuning_errors(corpus, capsys, tmp_path, extra, message):
     assert main(["evaluate", "--model", str(model), "--manifest", str(data / "dev.tsv"), "--output",
                  str(tmp_path / "o"), "--quiet", "--device", "cpu", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999"])
+def test_a_non_finite_blank_penalty_is_refused(corpus, capsys, tmp_path, value):
+    _, data, model, _ = corpus
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", str(model), "--manifest", str(data / "dev.tsv"), "--output", str(tmp_path / "o"),
+              "--quiet", "--device", "cpu", "--blank-penalty", "0", value])
+    assert exit_info.value.code == 2
+    assert f"--blank-penalty: must be a finite number, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
