@@ -80,7 +80,8 @@ word_scores="-1 0 1"
 use_lm=1
 # Greedy decoding subtracts a blank penalty from the blank's log-probability, chosen per system on dev CER
 # (speechcl evaluate --blank-penalty ... --tune-metric cer): briefly trained CTC models emit too few letters.
-# On quick's models (73ae0ec) penalty 1 was chosen and gave 2.8 and 3.6 points lower test CER.
+# On eleven quick-size models (f338657's recipe README) it lowered test CER by 0-1.3 points where fine-tuning had
+# left CTC's all-blank plateau and by 2.6-27 where it had not; WER rises with the extra letters.
 blank_penalties="0 0.5 1 1.5 2"
 examples=4   # test utterances printed beside the table, reference and both hypotheses
 # quick's time budgets (wall minutes; the updates are caps a fast CPU may reach). With fixed updates (500 and 250)
