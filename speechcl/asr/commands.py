@@ -211,6 +211,13 @@ def _decoder(args: argparse.Namespace, dictionary, lm_weight: float | None = Non
                          blank_penalty=args.blank_penalty if blank_penalty is None else blank_penalty)
 
 
+def _beam_search(args: argparse.Namespace) -> bool:
+    """Whether the decoder options ask for beam search (as :func:`~speechcl.asr.decode.build_decoder` decides)."""
+    from speechcl.asr.tuning import decoder_settings
+
+    return decoder_settings(args.beam, args.lm, args.lexicon)["decoder"] == "beam"
+
+
 def _tune(args: argparse.Namespace, recognizer, manifest, references, split: str):
     """Choose the LM weight, word score and blank penalty on ``split`` (or read the choice back from
     ``tune.json``) and print the grid; returns the outcome, its logits ``None`` when read back."""
@@ -220,7 +227,7 @@ def _tune(args: argparse.Namespace, recognizer, manifest, references, split: str
                          lm_weights=args.lm_weight, word_scores=args.word_score, blank_penalties=args.blank_penalty,
                          metric=args.tune_metric, beam=args.beam, lm=args.lm, lexicon=args.lexicon,
                          batch_size=args.batch_size, max_tokens=args.max_tokens, progress=not args.quiet)
-    beam = bool(args.beam or args.lm or args.lexicon)
+    beam = _beam_search(args)
 
     def named(lm_weight: float, word_score: float, blank_penalty: float, sep: str) -> str:
         weights = [f"lm_weight {lm_weight:g}", f"word_score {word_score:g}"] if beam else []  # greedy has neither
@@ -268,7 +275,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return _fail(ValueError(f"manifest names {splits} repeat; output files are named after them"))
     lm_grid = len(args.lm_weight) * len(args.word_score) > 1
     grid = lm_grid or len(args.blank_penalty) > 1
-    if lm_grid and not (args.beam or args.lm or args.lexicon):
+    if lm_grid and not _beam_search(args):
         return _fail(ValueError("several --lm-weight/--word-score values tune beam search: add --lm (or --beam)"))
     tune_on = args.tune_on if args.tune_on is not None else splits[0]
     if args.tune_on is not None and not grid:
